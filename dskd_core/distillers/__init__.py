@@ -1,0 +1,21 @@
+"""Distillation methods, one file each, registered into a closed registry (see base.py)."""
+
+from dskd_core.distillers.base import (
+    DistillContext,
+    Distiller,
+    LossOutput,
+    TokenCounts,
+    get_distiller_class,
+    register,
+    registered_methods,
+)
+
+__all__ = [
+    "DistillContext",
+    "Distiller",
+    "LossOutput",
+    "TokenCounts",
+    "get_distiller_class",
+    "register",
+    "registered_methods",
+]

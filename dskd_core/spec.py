@@ -1,0 +1,333 @@
+"""The distillation job spec: one pydantic definition shared by the CLI, the API and the worker.
+
+This module must stay importable without torch or transformers (the API imports it). Method and divergence
+names are closed enums; the engine's registries are checked against them in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Method(StrEnum):
+    sft = "sft"
+    seqkd = "seqkd"
+    vanilla_kd = "vanilla_kd"
+    dskd = "dskd"
+    dskd_cma = "dskd_cma"
+    dskd_eta = "dskd_eta"
+    shared_vocab_kd = "shared_vocab_kd"
+    uld = "uld"
+    mined = "mined"
+
+
+class Divergence(StrEnum):
+    fkl = "fkl"
+    rkl = "rkl"
+    js = "js"
+    gjsd = "gjsd"
+    skl = "skl"
+    srkl = "srkl"
+    tvd = "tvd"
+    akl = "akl"
+
+
+class MethodInfo(BaseModel):
+    """Static facts about a method that validation needs before any model is loaded."""
+
+    model_config = ConfigDict(frozen=True)
+    needs_teacher: bool
+    # "none": no teacher logits compared; "same": the teacher and student tokenizers must be identical;
+    # "cross": works across different tokenizers (and on identical ones).
+    vocabulary: Literal["none", "same", "cross"]
+    uses_divergence: bool
+    description: str
+
+
+METHOD_INFO: dict[Method, MethodInfo] = {
+    Method.sft: MethodInfo(
+        needs_teacher=False, vocabulary="none", uses_divergence=False, description="Cross-entropy on the reference responses only."
+    ),
+    Method.seqkd: MethodInfo(
+        needs_teacher=True,
+        vocabulary="none",
+        uses_divergence=False,
+        description="Sequence-level KD: the teacher writes the responses, the student is trained on them with CE.",
+    ),
+    Method.vanilla_kd: MethodInfo(
+        needs_teacher=True,
+        vocabulary="same",
+        uses_divergence=True,
+        description="CE plus a divergence between the two models' own output distributions.",
+    ),
+    Method.dskd: MethodInfo(
+        needs_teacher=True,
+        vocabulary="same",
+        uses_divergence=True,
+        description="Dual-Space KD: projectors compare both distributions through one head, in both spaces.",
+    ),
+    Method.dskd_cma: MethodInfo(
+        needs_teacher=True,
+        vocabulary="cross",
+        uses_divergence=True,
+        description="DSKD with cross-model attention aligning student and teacher positions (v1).",
+    ),
+    Method.dskd_eta: MethodInfo(
+        needs_teacher=True,
+        vocabulary="cross",
+        uses_divergence=True,
+        description="DSKD with exact token alignment on canonical token bytes (v2).",
+    ),
+    Method.shared_vocab_kd: MethodInfo(
+        needs_teacher=True,
+        vocabulary="cross",
+        uses_divergence=True,
+        description="KD restricted to the shared vocabulary columns on exactly aligned positions.",
+    ),
+    Method.uld: MethodInfo(
+        needs_teacher=True,
+        vocabulary="cross",
+        uses_divergence=False,
+        description="Universal logit distillation: L1 between sorted distributions, positions paired in order.",
+    ),
+    Method.mined: MethodInfo(
+        needs_teacher=True,
+        vocabulary="cross",
+        uses_divergence=False,
+        description="Minimum-edit-distance alignment; teacher logits remapped into the student vocabulary.",
+    ),
+}
+
+CROSS_VOCAB_METHODS: tuple[str, ...] = tuple(m.value for m, i in METHOD_INFO.items() if i.vocabulary == "cross")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSpec(_Strict):
+    """LoRA adapters (peft) on the student; the exported student has them merged."""
+
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description='Module names to adapt, or "all-linear".'
+    )
+
+
+class ModelSpec(_Strict):
+    """A model by hub id or local directory."""
+
+    name_or_path: str = Field(
+        ..., min_length=1, description="Hugging Face hub id (e.g. 'gpt2') or a local directory with a saved model."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32",
+        description="Weights dtype. float16 is refused: DSKD losses overflow in fp16; use bfloat16.",
+    )
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights (student only).")
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _refuse_fp16(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in {"float16", "fp16", "half"}:
+            raise ValueError("float16 is not supported: DSKD's losses overflow to inf in fp16. Use 'bfloat16' or 'float32'.")
+        return v
+
+
+PromptTemplate = Annotated[
+    str,
+    Field(
+        description=(
+            "'none' (the prompt as is), 'chat' (the tokenizer's chat template), or a format string with a "
+            "{prompt} placeholder (and optionally {context}), e.g. '### Instruction:\\n{prompt}\\n### Response:\\n'."
+        )
+    ),
+]
+
+
+class DataSpec(_Strict):
+    """Where the instruction data comes from and how records become (prompt, response) pairs."""
+
+    path: str | None = Field(
+        None,
+        description="A JSONL file or a local Hugging Face dataset directory (CLI). The service sets this itself from dataset_id.",
+    )
+    dataset_id: str | None = Field(None, description="Service only: the id of an uploaded dataset.")
+    split: str = Field("train", description="Split to use when path is a Hugging Face DatasetDict directory.")
+    prompt_field: str | None = Field(
+        None, description="Field holding the prompt; auto-detected (prompt, instruction, input, question) when unset."
+    )
+    response_field: str | None = Field(
+        None, description="Field holding the reference answer; auto-detected (response, output, completion, answer)."
+    )
+    context_field: str | None = Field(None, description="Optional context field (Dolly's 'context'); auto-detected.")
+    messages_field: str | None = Field(
+        None, description="Chat layout: a list of {role, content}; the last assistant turn is the response."
+    )
+    prompt_template: PromptTemplate = "none"
+    dev_path: str | None = Field(None, description="A separate dev set (same layout).")
+    dev_ratio: float = Field(0.0, ge=0.0, le=0.5, description="Fraction of the data held out as dev when no dev_path.")
+    dev_max_examples: int | None = Field(None, ge=1, description="Cap on dev examples (evaluation cost).")
+    max_examples: int | None = Field(None, ge=1, description="Use only the first N training records.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _check_template(cls, v: str) -> str:
+        if v in {"none", "chat"}:
+            return v
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as e:
+            raise ValueError(f"not a valid format string: {e}") from e
+        if "prompt" not in names:
+            raise ValueError("a format-string template must contain the {prompt} placeholder")
+        unknown = names - {"prompt", "context"}
+        if unknown:
+            raise ValueError(f"unknown placeholders {sorted(unknown)}; only {{prompt}} and {{context}} are filled")
+        return v
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataSpec:
+        if self.dev_path is not None and self.dev_ratio > 0:
+            raise ValueError("set either dev_path or dev_ratio, not both")
+        return self
+
+
+class DistillSpec(_Strict):
+    """Which method, which divergence and how the KD term is weighted."""
+
+    method: Method = Field(Method.dskd, description="Distillation method.")
+    divergence: Divergence = Field(Divergence.fkl, description="Divergence used by the KD terms (both spaces for DSKD).")
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="gjsd: mixture weight of the target in m = βp + (1−β)q.")
+    skew_lambda: float = Field(0.1, ge=0.0, le=1.0, description="skl/srkl: skew weight λ.")
+    alpha: float = Field(0.5, gt=0.0, le=1.0, description="akl: cumulative-probability threshold of the tail.")
+    kd_rate: float = Field(0.5, ge=0.0, le=1.0, description="loss = (1 − kd_rate)·CE + kd_rate·KD.")
+    temperature: float = Field(2.0, gt=0.0, le=100.0, description="KD temperature τ applied to both logit tensors.")
+    teacher_temperature: float = Field(1.0, gt=0.0, le=100.0, description="Extra temperature on the teacher (CMA target).")
+    temperature_scaling: Literal["none", "tau2"] = Field(
+        "none", description="'tau2' multiplies the KD term by τ² (the published DSKD code does not)."
+    )
+    projector_init: Literal["ideal", "random"] = Field(
+        "ideal", description="'ideal': pseudo-inverse t2s init and parameter-free s2t (v2); 'random': trained linear (v1)."
+    )
+    dskd_variant: Literal["v1", "v2"] = Field(
+        "v2", description="v1: t2s CE on gold labels, KD on all positions; v2: teacher argmax labels, agreement mask."
+    )
+    topk_vocab: int | None = Field(
+        None, ge=1, description="Ideal init: compute pseudo-inverses on the first k vocabulary entries only."
+    )
+    cma_block_size: int = Field(256, ge=1, description="dskd_cma: student positions per block of the score tensor.")
+    loss_chunk_size: int = Field(1024, ge=16, description="Positions per chunk in the chunked divergence.")
+    seqkd_data_path: str | None = Field(
+        None, description="seqkd: where teacher-generated responses are stored (defaults to the run directory)."
+    )
+
+
+class TrainingSpec(_Strict):
+    lr: float = Field(5e-4, gt=0.0, le=1.0, description="Student learning rate (peak).")
+    projector_lr: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate of the projector parameters.")
+    epochs: float | None = Field(1.0, gt=0.0, description="Epochs over the training data (ignored if max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    max_prompt_length: int = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
+    max_length: int = Field(512, ge=2, description="Prompt + response tokens kept.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Autocast precision. fp16 is refused.")
+    seed: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping (None disables).")
+    eval_interval: int | None = Field(None, ge=1, description="Dev-loss evaluation every N steps (and at the end).")
+    checkpoint_interval: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep on disk.")
+    log_interval: int = Field(1, ge=1, description="Progress event every N steps.")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _refuse_fp16(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in {"fp16", "float16", "half"}:
+            raise ValueError("fp16 is not supported: DSKD losses overflow to inf in fp16. Use 'bf16' or 'fp32'.")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSpec:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length (leave room for the response)")
+        return self
+
+
+class JobSpec(_Strict):
+    """A distillation job: teacher → student on a dataset with a method and training settings."""
+
+    name: str | None = Field(None, max_length=200, description="A label for the job.")
+    teacher: ModelSpec | None = Field(None, description="The teacher (required by every method but sft).")
+    student: ModelSpec
+    data: DataSpec
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        info = METHOD_INFO[self.distill.method]
+        if info.needs_teacher and self.teacher is None:
+            raise ValueError(f"method '{self.distill.method.value}' needs a teacher: set teacher.name_or_path")
+        if self.teacher is not None and self.teacher.lora is not None:
+            raise ValueError("teacher.lora: the teacher is frozen, LoRA applies to the student only")
+        if self.data.path is None and self.data.dataset_id is None:
+            raise ValueError("data: set path (a JSONL file or dataset directory) or dataset_id")
+        return self
+
+    @property
+    def method_info(self) -> MethodInfo:
+        return METHOD_INFO[self.distill.method]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JobSpec:
+        """Load a YAML or JSON spec file. Relative data/model paths are resolved against the file's folder."""
+        import yaml
+
+        path = Path(path)
+        raw = yaml.safe_load(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a spec file must hold a mapping at the top level")
+        return cls.model_validate(_resolve_relative(raw, path.parent))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def _resolve_relative(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+
+    def fix(value: str | None) -> str | None:
+        if value is None or Path(value).is_absolute():
+            return value
+        candidate = base / value
+        return str(candidate.resolve()) if candidate.exists() else value
+
+    for key in ("teacher", "student"):
+        if isinstance(raw.get(key), dict) and "name_or_path" in raw[key]:
+            raw[key]["name_or_path"] = fix(raw[key]["name_or_path"])
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("path", "dev_path"):
+            if key in data:
+                data[key] = fix(data[key])
+    return raw
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a job spec (for clients and docs)."""
+    return JobSpec.model_json_schema()
