@@ -268,6 +268,25 @@ class TrainingSpec(_Strict):
         return self
 
 
+class EvalSpec(_Strict):
+    """Generation-based evaluation (Rouge-L, exact match). Defaults follow the reference recipe (methods.md §5)."""
+
+    seeds: list[int] = Field(
+        default_factory=lambda: [10, 20, 30, 40, 50],
+        min_length=1,
+        description="One sampling pass per seed; scores are reported as mean ± std over seeds. Greedy uses one pass.",
+    )
+    do_sample: bool = Field(True, description="Sample (the reference protocol) or decode greedily.")
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold (1 keeps everything).")
+    top_k: int = Field(0, ge=0, description="Top-k filter when sampling; 0 disables it.")
+    no_repeat_ngram_size: int = Field(6, ge=0, description="Forbid repeating any n-gram of this size (0 disables).")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Response tokens generated at most.")
+    max_prompt_tokens: int | None = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts generated together.")
+    max_examples: int | None = Field(None, ge=1, description="Evaluate only the first N records.")
+
+
 class JobSpec(_Strict):
     """A distillation job: teacher → student on a dataset with a method and training settings."""
 
@@ -277,6 +296,7 @@ class JobSpec(_Strict):
     data: DataSpec
     distill: DistillSpec = Field(default_factory=DistillSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvalSpec = Field(default_factory=EvalSpec)
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
