@@ -19,7 +19,8 @@ def adaptive_kl(log_q: Tensor, log_p: Tensor, *, alpha: float = 0.5) -> Tensor:
         p, q = log_p.exp(), log_q.exp()
         p_sorted, order = p.sort(dim=-1)
         gap = (p_sorted - q.gather(-1, order)).abs()
-        in_tail = p_sorted.cumsum(-1) <= alpha
+        # α = 1 puts everything in the tail exactly; a rounded cumsum of 1.0000001 must not move the top entry.
+        in_tail = p_sorted.cumsum(-1) <= alpha if alpha < 1.0 else torch.ones_like(p_sorted, dtype=torch.bool)
         g_tail = (gap * in_tail).sum(-1)
         g_head = (gap * ~in_tail).sum(-1)
         denom = g_head + g_tail + EPS
