@@ -65,6 +65,10 @@ class Distiller(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:  # pragma: no cover
         raise NotImplementedError
 
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """Tensors exported beside the student (projectors.safetensors); by default this module's own state."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: student parameters at `lr`, this distiller's parameters at `projector_lr`."""
         t = self.spec.training

@@ -1,0 +1,128 @@
+"""Dual-Space KD on one shared vocabulary (methods.md §2.2).
+
+Student space: z_t2s = P_t2s(h_t) · W_s^T (student head detached); L_ce_t2s = CE(z_t2s, y) trains P_t2s and
+L_kd_stu = D(student logits ‖ stop_grad(z_t2s)) trains the student. Teacher space: z_s2t = P_s2t(h_s) · W_t^T
+(teacher head frozen); L_kd_tea = D(z_s2t ‖ teacher logits) trains P_s2t (if it has parameters) and the
+student body. KD = L_kd_stu + L_ce_t2s + L_kd_tea; loss = (1 − r)·CE + r·KD.
+
+Choices beyond the paper's text:
+- v2 sums L_kd_stu only over positions where argmax z_t2s equals the teacher's argmax, but still divides by
+  the step's valid-token count (not by the number of agreeing positions): the mean then stays independent of
+  how the step is split into micro-batches, and it matches how the published code normalises its masked sum.
+- `temperature_scaling: tau2` scales the two divergence terms only; L_ce_t2s is a plain (τ = 1) CE.
+- Metrics are per-token means over this micro-batch; `kd` is the KD term as it enters the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dskd_core import models
+from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
+from dskd_core.distillers.common import (
+    divergence_kwargs,
+    empty_loss,
+    fp32,
+    fp32_logits,
+    freeze_teacher,
+    kd_scale,
+    per_token_metrics,
+    real_vocab_size,
+    require_same_vocabulary,
+    step_denominator,
+    student_positions,
+    teacher_positions,
+)
+from dskd_core.losses import divergence
+from dskd_core.projectors import PseudoInverseProjector, ideal_t2s, random_linear
+from dskd_core.reduce import chunked_sum
+from dskd_core.spec import Method
+
+_SUMS = ("ce", "kd_student_space", "ce_t2s", "kd_teacher_space", "t2s_acc", "agreement", "s2t_acc")
+
+
+@register(Method.dskd)
+class DSKDDistiller(Distiller):
+    def __init__(self, ctx: DistillContext) -> None:
+        super().__init__(ctx)
+        require_same_vocabulary(ctx, Method.dskd)
+        freeze_teacher(ctx.teacher)
+        w_s = models.output_head(ctx.student).weight
+        w_t = models.output_head(ctx.teacher).weight
+        self.vocab_size = real_vocab_size(ctx.student_tokenizer, w_s, w_t)
+        d = self.spec.distill
+        # Columns the pseudo-inverses are fitted on: the real vocabulary, or its first topk_vocab entries.
+        self.fit_size = min(d.topk_vocab or self.vocab_size, self.vocab_size)
+        self.ideal = d.projector_init == "ideal"
+        if self.ideal:
+            k = self.fit_size
+            self.t2s = ideal_t2s(w_t[:k], w_s[:k])
+            self.s2t: torch.nn.Module = PseudoInverseProjector(w_t[:k])
+        else:
+            self.t2s = random_linear(w_t.shape[1], w_s.shape[1], w_s.device)
+            self.s2t = random_linear(w_s.shape[1], w_t.shape[1], w_s.device)
+
+    def _s2t_map(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        if not self.ideal:
+            return self.s2t
+        # Recomputed from the current student head once per micro-batch (it tracks the head as it trains).
+        p = self.s2t.matrix(models.output_head(self.student).weight[: self.fit_size])
+        return lambda h: h @ p
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """Projector weights in Linear layout (`t2s.weight`, `s2t.weight`, biases for random init)."""
+        state = super().export_state()
+        if self.ideal:
+            state["s2t.weight"] = self.s2t.weight_from(
+                models.output_head(self.student).weight[: self.fit_size]
+            )
+        return state
+
+    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
+        d = self.spec.distill
+        h_s, labels = student_positions(self.student, batch)
+        h_t = teacher_positions(self.teacher, batch)
+        n = labels.numel()
+        denominator = step_denominator(tokens, n)
+        if n == 0:
+            return LossOutput(empty_loss(h_s), {"loss": 0.0, "kd": 0.0, **dict.fromkeys(_SUMS, 0.0)})
+        w_s = models.output_head(self.student).weight[: self.vocab_size]
+        w_t = models.output_head(self.teacher).weight[: self.vocab_size].detach()
+        t2s, s2t = self.t2s, self._s2t_map()
+        name, params, v2 = d.divergence.value, divergence_kwargs(d), d.dskd_variant == "v2"
+
+        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with fp32(hs.device):
+                student_logits = fp32_logits(hs, w_s)
+                teacher_logits = fp32_logits(ht, w_t)
+                ce = F.cross_entropy(student_logits, y, reduction="sum")
+                teacher_top = teacher_logits.argmax(-1)
+                # Student space: the projected teacher read out by the (detached) student head.
+                z_t2s = fp32_logits(t2s(ht.float()), w_s.detach())
+                t2s_top = z_t2s.detach().argmax(-1)
+                agree = t2s_top == teacher_top
+                ce_t2s = F.cross_entropy(z_t2s, teacher_top if v2 else y, reduction="sum")
+                kd_stu = divergence(name, student_logits, z_t2s.detach(), temperature=d.temperature, **params)
+                if v2:
+                    kd_stu = torch.where(agree, kd_stu, 0.0)
+                # Teacher space: the projected student read out by the frozen teacher head.
+                z_s2t = fp32_logits(s2t(hs.float()), w_t)
+                kd_tea = divergence(name, z_s2t, teacher_logits, temperature=d.temperature, **params)
+                counts = [t2s_top == y, agree, z_s2t.detach().argmax(-1) == y]
+                return torch.stack(
+                    [ce, kd_stu.sum(), ce_t2s, kd_tea.sum(), *(c.sum().float() for c in counts)]
+                )
+
+        sums = chunked_sum(chunk, h_s, h_t, labels, chunk_size=d.loss_chunk_size)
+        scale = kd_scale(d)
+        kd = scale * (sums[1] + sums[3]) + sums[2]
+        loss = ((1.0 - d.kd_rate) * sums[0] + d.kd_rate * kd) / denominator
+        metrics = per_token_metrics(_SUMS, sums, n)
+        metrics["kd"] = (
+            scale * (metrics["kd_student_space"] + metrics["kd_teacher_space"]) + metrics["ce_t2s"]
+        )
+        metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]
+        return LossOutput(loss, metrics)
