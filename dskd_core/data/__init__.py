@@ -1,0 +1,40 @@
+"""Instruction data: records → prompt templates → tokenised examples → padded batches (docs/design.md).
+
+- `records`: JSONL / JSON / Hugging Face dataset directories, layout detection, dev split, `DataError`;
+- `templates`: `format_prompt` ("none", "chat", or a format string);
+- `encode`: `encode_example` (separate prompt/response tokenisation, truncation, shifted labels);
+- `batching`: `TokenizedDataset`, the dynamic-padding `Collator`, the resumable `epoch_order`;
+- `build`: `build_datasets` from a `JobSpec`, with dual (student + teacher) tokenisation for cross-vocabulary
+  methods.
+"""
+
+from dskd_core.data.batching import Collator, ResumableSampler, TokenizedDataset, epoch_order
+from dskd_core.data.build import ALIGNMENTS, Datasets, Encoder, PairAligner, build_datasets, split_records
+from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_example, response_span
+from dskd_core.data.records import DataError, FieldNames, Record, load_records, parse_record, split_dev
+from dskd_core.data.templates import format_prompt, prompt_with_context
+
+__all__ = [
+    "ALIGNMENTS",
+    "IGNORE_INDEX",
+    "Collator",
+    "DataError",
+    "Datasets",
+    "Encoder",
+    "FieldNames",
+    "PairAligner",
+    "Record",
+    "ResumableSampler",
+    "TokenizedDataset",
+    "adds_bos",
+    "build_datasets",
+    "encode_example",
+    "epoch_order",
+    "format_prompt",
+    "load_records",
+    "parse_record",
+    "prompt_with_context",
+    "response_span",
+    "split_dev",
+    "split_records",
+]
