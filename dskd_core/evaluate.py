@@ -1,0 +1,270 @@
+"""Generation-based evaluation: Rouge-L F1 and exact match, averaged over examples, mean ± std over seeds.
+
+Protocol (methods.md §5): each seed gives one sampling pass over the records; a pass scores every generated
+response against its references and averages over examples; the report is the mean and the population
+standard deviation (ddof=0) of those per-seed averages. Greedy decoding is deterministic, so it runs one pass
+and its std is 0.
+
+- Rouge-L: `rouge_score.RougeScorer(["rougeL"], use_stemmer=True)` F-measure × 100. Its tokenizer lowercases
+  and keeps only [a-z0-9] runs, so text without such characters scores 0.
+- Exact match: 100 if the prediction equals a reference after case folding, trimming and collapsing every
+  whitespace run to one space; punctuation is kept.
+- Several references (`references` list field, plus `response`): the maximum over references, per metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from dskd_core.spec import EvalSpec
+
+_PROMPT_FIELDS = ("prompt", "instruction", "question", "input")
+_RESPONSE_FIELDS = ("response", "output", "completion", "answer")
+
+
+class MeanStd(BaseModel):
+    mean: float
+    std: float
+
+
+class SeedScores(BaseModel):
+    """Averages over the examples of one pass (seed None: greedy)."""
+
+    seed: int | None
+    rougeL: float
+    exact_match: float
+
+
+class ExampleOutput(BaseModel):
+    index: int = Field(description="Position of the record in the evaluated list.")
+    seed: int | None
+    prediction: str
+    rougeL: float
+    exact_match: float
+
+
+class EvalResult(BaseModel):
+    num_examples: int
+    do_sample: bool
+    rougeL: MeanStd
+    exact_match: MeanStd
+    per_seed: list[SeedScores]
+    generations: list[ExampleOutput] | None = None
+
+
+@cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
+    """Rouge-L F1 × 100 of `prediction`, the best over the references."""
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("rouge_l needs at least one reference")
+    scorer = _rouge_scorer()
+    return max(scorer.score(ref, prediction)["rougeL"].fmeasure for ref in refs) * 100.0
+
+
+def normalize_answer(text: str) -> str:
+    """Case-folded, trimmed, whitespace runs collapsed to one space (the exact-match normal form)."""
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """100 if the normalised prediction equals a normalised reference, else 0."""
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("exact_match needs at least one reference")
+    pred = normalize_answer(prediction)
+    return 100.0 if any(pred == normalize_answer(r) for r in refs) else 0.0
+
+
+def mean_std(values: Sequence[float]) -> MeanStd:
+    """Mean and population standard deviation (ddof=0); one value gives std 0."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = math.fsum(values) / len(values)
+    var = math.fsum((v - mean) ** 2 for v in values) / len(values)
+    return MeanStd(mean=mean, std=math.sqrt(var))
+
+
+def record_references(record: dict[str, Any]) -> list[str]:
+    """The reference answers of a record: `response` then any `references`, without duplicates."""
+    refs: list[str] = []
+    if record.get("response") is not None:
+        refs.append(str(record["response"]))
+    extra = record.get("references") or []
+    if isinstance(extra, str):
+        extra = [extra]
+    refs.extend(str(r) for r in extra if str(r) not in refs)
+    if not refs:
+        raise ValueError(f"record has no 'response' nor 'references': keys {sorted(record)}")
+    return refs
+
+
+def score_predictions(
+    predictions: Sequence[str], records: Sequence[dict[str, Any]]
+) -> tuple[list[float], list[float]]:
+    """Per-example (Rouge-L, exact match) of predictions against their records' references."""
+    if len(predictions) != len(records):
+        raise ValueError(f"{len(predictions)} predictions for {len(records)} records")
+    rouge, em = [], []
+    for pred, record in zip(predictions, records, strict=True):
+        refs = record_references(record)
+        rouge.append(rouge_l(pred, refs))
+        em.append(exact_match(pred, refs))
+    return rouge, em
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    records: Sequence[dict[str, Any]],
+    *,
+    settings: EvalSpec,
+    keep_generations: bool = False,
+) -> EvalResult:
+    """Generate for every record (its `prompt` is used as is) with each seed, and score the responses."""
+    from dskd_core.generation import generate_batch
+
+    records = list(records)[: settings.max_examples]
+    if not records:
+        raise ValueError("no records to evaluate")
+    prompts = [str(r["prompt"]) for r in records]
+    seeds: list[int | None] = list(settings.seeds) if settings.do_sample else [None]
+    per_seed: list[SeedScores] = []
+    outputs: list[ExampleOutput] = []
+    for seed in seeds:
+        predictions = generate_batch(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
+            seed=seed,
+            batch_size=settings.batch_size,
+            max_prompt_tokens=settings.max_prompt_tokens,
+        )
+        rouge, em = score_predictions(predictions, records)
+        per_seed.append(
+            SeedScores(seed=seed, rougeL=math.fsum(rouge) / len(rouge), exact_match=math.fsum(em) / len(em))
+        )
+        if keep_generations:
+            outputs.extend(
+                ExampleOutput(index=i, seed=seed, prediction=p, rougeL=r, exact_match=e)
+                for i, (p, r, e) in enumerate(zip(predictions, rouge, em, strict=True))
+            )
+    return EvalResult(
+        num_examples=len(records),
+        do_sample=settings.do_sample,
+        rougeL=mean_std([s.rougeL for s in per_seed]),
+        exact_match=mean_std([s.exact_match for s in per_seed]),
+        per_seed=per_seed,
+        generations=outputs if keep_generations else None,
+    )
+
+
+def load_eval_model(path_or_id: str, *, dtype: str = "float32", device=None):
+    """A saved model directory (or hub id) and its tokenizer, frozen in eval mode on `device` (default: best)."""
+    import torch
+
+    from dskd_core.models import load_model, load_tokenizer
+    from dskd_core.spec import ModelSpec
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = ModelSpec(name_or_path=str(path_or_id), dtype=dtype)
+    return load_model(spec, trainable=False, device=device), load_tokenizer(spec)
+
+
+def evaluate_checkpoint(
+    path_or_dir: str | Path,
+    records: Sequence[dict[str, Any]],
+    settings: EvalSpec,
+    *,
+    dtype: str = "float32",
+    device=None,
+    keep_generations: bool = False,
+) -> EvalResult:
+    """Evaluate an exported checkpoint directory (or any model AutoModelForCausalLM can load)."""
+    model, tokenizer = load_eval_model(str(path_or_dir), dtype=dtype, device=device)
+    return evaluate_model(model, tokenizer, records, settings=settings, keep_generations=keep_generations)
+
+
+def read_jsonl_records(path: str | Path) -> list[dict[str, Any]]:
+    """Eval records from a JSONL file: `prompt`, `response`, optional `context` and `references`.
+
+    Common aliases are accepted (prompt: instruction/question/input; response: output/completion/answer);
+    with `instruction`, an `input` field is taken as the context (Alpaca layout).
+    """
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            raw = json.loads(line)
+            prompt_key = next((k for k in _PROMPT_FIELDS if raw.get(k) is not None), None)
+            response_key = next((k for k in _RESPONSE_FIELDS if raw.get(k) is not None), None)
+            if prompt_key is None or (response_key is None and not raw.get("references")):
+                raise ValueError(
+                    f"{path}:{line_no}: need a prompt field {_PROMPT_FIELDS} and a response field {_RESPONSE_FIELDS}"
+                )
+            context = raw.get("context")
+            if context is None and prompt_key == "instruction":
+                context = raw.get("input")
+            record: dict[str, Any] = {"prompt": str(raw[prompt_key]), "context": context or ""}
+            if response_key is not None:
+                record["response"] = str(raw[response_key])
+            if raw.get("references"):
+                record["references"] = list(raw["references"])
+            records.append(record)
+    return records
+
+
+def format_prompt(template: str, prompt: str, context: str = "", tokenizer=None) -> str:
+    """Apply a prompt template: 'none', 'chat' (the tokenizer's chat template) or a {prompt}/{context} format."""
+    if template == "none":
+        return prompt if not context else f"{context}\n\n{prompt}"
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("prompt_template 'chat' needs a tokenizer with a chat template")
+        content = prompt if not context else f"{context}\n\n{prompt}"
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    return template.format(prompt=prompt, context=context)
+
+
+def run_eval(
+    model_path: str | Path,
+    data_path: str | Path,
+    settings: EvalSpec,
+    prompt_template: str = "none",
+    *,
+    dtype: str = "float32",
+    device=None,
+    keep_generations: bool = False,
+) -> EvalResult:
+    """The CLI's `eval`: load a model, read JSONL records, template the prompts, generate and score."""
+    model, tokenizer = load_eval_model(str(model_path), dtype=dtype, device=device)
+    raw = read_jsonl_records(data_path)[: settings.max_examples]
+    records = [
+        {**r, "prompt": format_prompt(prompt_template, r["prompt"], r.get("context", ""), tokenizer)}
+        for r in raw
+    ]
+    return evaluate_model(model, tokenizer, records, settings=settings, keep_generations=keep_generations)
