@@ -1,0 +1,140 @@
+"""The engine's two protocols, backed by the database: a throttled progress sink and a cancel token,
+plus the lease keeper that renews the job's lease while the engine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.services import events as event_service
+from api.services import jobs as job_service
+from dskd_core.progress import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+
+# Event types the user always sees, whatever the throttle.
+_ALWAYS_WRITTEN = {"started", "eval", "checkpoint", "exported", "log"}
+
+
+class DbProgressSink:
+    """Writes engine progress as job events (at most one `progress` event per `min_interval` seconds, plus the
+    last step, evaluations and checkpoints) and keeps the job row's progress snapshot current."""
+
+    def __init__(
+        self,
+        job_id: str,
+        session_factory: SessionFactory,
+        *,
+        min_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.job_id = job_id
+        self._sessions = session_factory
+        self._min_interval = min_interval
+        self._clock = clock
+        self._started = clock()
+        self._last_written = -float("inf")
+        self.last_metrics: dict[str, float] = {}
+
+    def emit(self, event: ProgressEvent) -> None:
+        now = self._clock()
+        if event.metrics:
+            self.last_metrics = {**self.last_metrics, **event.metrics}
+        is_last_step = event.type == "step" and event.total_steps and event.step >= event.total_steps
+        if event.type == "step" and not is_last_step and now - self._last_written < self._min_interval:
+            return
+        self._last_written = now
+        elapsed = now - self._started
+        payload: dict[str, Any] = {
+            "step": event.step,
+            "total_steps": event.total_steps,
+            "epoch": round(event.epoch, 4),
+            "metrics": event.metrics,
+            "elapsed_seconds": round(elapsed, 2),
+            "eta_seconds": _eta(elapsed, event.step, event.total_steps),
+        }
+        if event.message:
+            payload["message"] = event.message
+        event_type = {"step": "progress", "started": "log", "exported": "log"}.get(event.type, event.type)
+        if event.type == "started":
+            payload["message"] = event.message or "training started"
+        with self._sessions() as session:
+            event_service.append_event(session, self.job_id, event_type, payload)
+            if event.type in ("step", "eval", "started"):
+                snapshot = dict(payload, metrics=self.last_metrics)
+                job_service.update_progress(session, self.job_id, snapshot)
+
+    def emit_log(self, message: str) -> None:
+        self.emit(ProgressEvent(type="log", message=message))
+
+
+def _eta(elapsed: float, step: int, total: int) -> float | None:
+    if step <= 0 or total <= 0 or step > total:
+        return None
+    return round(elapsed / step * (total - step), 1)
+
+
+class LeaseKeeper:
+    """Renews the job's lease in a background thread and watches for a cancel request.
+
+    If the lease is lost (another worker re-claimed the job after this one stalled), the job is treated as
+    cancelled locally, so two workers never keep training the same job.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        worker_id: str,
+        session_factory: SessionFactory,
+        *,
+        lease_seconds: float,
+        poll_seconds: float | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self._sessions = session_factory
+        self._lease_seconds = lease_seconds
+        self._poll = poll_seconds if poll_seconds is not None else max(0.5, min(5.0, lease_seconds / 4))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
+        self.cancel_requested = False
+        self.lease_lost = False
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def cancelled(self) -> bool:
+        """The engine's CancelToken: checked every step; answered from the last poll (no query per step)."""
+        return self.cancel_requested or self.lease_lost
+
+    def poll_once(self) -> None:
+        with self._sessions() as session:
+            ok = job_service.renew_lease(session, self.job_id, self.worker_id, self._lease_seconds)
+            cancel = job_service.is_cancel_requested(session, self.job_id)
+        if not ok:
+            if not self.lease_lost:
+                log.warning("job %s: lease lost to another worker; stopping", self.job_id)
+            self.lease_lost = True
+        if cancel:
+            self.cancel_requested = True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            try:
+                self.poll_once()
+            except Exception:  # a database hiccup must not kill the training thread
+                log.exception("job %s: lease renewal failed; will retry", self.job_id)
