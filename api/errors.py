@@ -1,0 +1,137 @@
+"""Every error leaves as application/problem+json (RFC 9457): type, title, status, detail, instance, errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+def problem_type(slug: str) -> str:
+    return f"urn:dskd:problem:{slug}"
+
+
+class ProblemError(Exception):
+    """Raise from a handler or dependency to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        phrase = HTTPStatus(status).phrase
+        self.status = status
+        self.detail = detail
+        self.slug = slug or phrase.lower().replace(" ", "-").replace("'", "")
+        self.title = title or phrase
+        self.errors = list(errors) if errors is not None else None
+        self.headers = dict(headers or {})
+
+
+def field_error(field: str, msg: str, loc: Sequence[str | int] | None = None) -> dict[str, Any]:
+    return {"loc": list(loc) if loc is not None else field.split("."), "field": field, "msg": msg}
+
+
+def validation_problem(detail: str, errors: Sequence[Mapping[str, Any]]) -> ProblemError:
+    return ProblemError(422, detail, slug="validation-error", title="Validation error", errors=errors)
+
+
+def problem_response(request: Request, problem: ProblemError) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(problem.slug),
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.url.path,
+    }
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    return JSONResponse(
+        body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def _field_name(loc: Sequence[str | int]) -> str:
+    # ("body", "data", "path") → "data.path"; a query or header parameter keeps its own name.
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie", "form"} and len(parts) > 1:
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(request, exc)
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": list(e.get("loc", ())),
+            "field": _field_name(e.get("loc", ())),
+            "msg": e.get("msg", ""),
+            "type": e.get("type"),
+        }
+        for e in exc.errors()
+    ]
+    fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
+    return problem_response(request, validation_problem(f"invalid request: {fields}", errors))
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return problem_response(request, ProblemError(exc.status_code, detail, headers=exc.headers))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return problem_response(request, ProblemError(500, "an unexpected error occurred; see the server log"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "description": "A problem document (RFC 9457).",
+    "content": {
+        PROBLEM_MEDIA_TYPE: {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "instance": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object"}},
+                },
+                "required": ["type", "title", "status", "detail"],
+            }
+        }
+    },
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {**PROBLEM_SCHEMA, "description": HTTPStatus(status).phrase} for status in statuses}

@@ -1,0 +1,66 @@
+"""The app factory: `create_app(settings)`; `uvicorn api.main:app` uses the environment's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from api.auth import require_principal
+from api.db.session import session_factory
+from api.errors import install_error_handlers
+from api.queue import JobQueue, queue_from_settings
+from api.routes import artifacts, datasets, events, health, jobs
+from api.settings import Settings, get_settings
+from api.streaming import EventHubs
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+TAGS = [
+    {"name": "jobs", "description": "Submit distillation jobs, follow their status and cancel them."},
+    {"name": "events", "description": "Per-job progress events: a JSON page or a Server-Sent Events stream."},
+    {
+        "name": "artifacts",
+        "description": "The distilled student: exported files and a tar, with Range downloads.",
+    },
+    {"name": "datasets", "description": "Upload JSONL instruction data once; jobs name it by id."},
+    {"name": "health", "description": "Liveness and readiness probes (no authentication)."},
+]
+
+DESCRIPTION = """Distil large language models (DSKD and baselines) as queued jobs.
+
+Authenticate with `Authorization: Bearer <api key>` (create one with `dskd keys create NAME`).
+Errors are `application/problem+json` (RFC 9457); validation errors list the offending fields in `errors`."""
+
+
+def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    app = FastAPI(title="dskd", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS)
+    app.state.settings = settings
+    app.state.session_factory = session_factory(settings.database_url)
+    app.state.queue = queue or queue_from_settings(settings)
+    app.state.event_hubs = EventHubs(app.state.session_factory, settings.sse_poll_interval_seconds)
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    authenticated = [Depends(require_principal)]
+    for module in (jobs, events, artifacts, datasets):
+        app.include_router(module.router, dependencies=authenticated)
+
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.main:app` builds the app lazily, so importing this module has no side effects.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,190 @@
+"""Jobs: submit (idempotent), list (cursor pagination), inspect, cancel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.auth import CurrentPrincipal
+from api.db.models import Job, JobStatus
+from api.deps import QueueDep, SessionDep, SettingsDep
+from api.errors import ProblemError, field_error, problem_responses, validation_problem
+from api.schemas.jobs import JOB_SPEC_EXAMPLE, JobOut, JobPage
+from api.services import jobs as job_service
+from api.services.submissions import check_submission
+from dskd_core.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+
+def get_owned_job(session: Session, owner: str, job_id: str) -> Job:
+    """The caller's job or a 404 (another owner's job is indistinguishable from a missing one)."""
+    job = session.get(Job, job_id)
+    if job is None or job.owner != owner:
+        raise ProblemError(404, f"no job '{job_id}'", slug="not-found")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps({"t": job.created_at.isoformat(), "i": job.id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(raw["t"]), str(raw["i"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise validation_problem(
+            "invalid cursor", [field_error("cursor", "not a cursor returned by this API")]
+        ) from None
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    summary="Submit a distillation job",
+    responses={
+        200: {"description": "Replay of an earlier request with the same Idempotency-Key"},
+        **problem_responses(401, 422),
+    },
+)
+def create_job(
+    spec: Annotated[
+        JobSpec,
+        Body(openapi_examples={"dskd_eta": {"summary": "Cross-tokenizer DSKD", "value": JOB_SPEC_EXAMPLE}}),
+    ],
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    queue: QueueDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="Retry-safe submission key.")
+    ] = None,
+) -> JobOut:
+    """Validate the spec cheaply (schema, ranges, dataset ownership, model location), store it, queue it.
+
+    Models are hub ids (`org/name`) or directories under the server's models_root; the data is an uploaded
+    dataset named by `data.dataset_id` (`data.path`, `data.dev_path` and `distill.seqkd_data_path` are refused).
+    """
+    assert settings.models_root is not None
+    submission = check_submission(session, spec, owner=principal.owner, models_root=settings.models_root)
+    if idempotency_key is not None:
+        existing = session.scalar(
+            select(Job).where(Job.owner == principal.owner, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            return _replay(existing, submission.request_hash, idempotency_key, response)
+    if submission.errors:
+        raise validation_problem("the job spec was refused", submission.errors)
+    job = job_service.create_job(
+        session,
+        owner=principal.owner,
+        spec=submission.spec,
+        max_attempts=settings.max_attempts,
+        dataset_id=submission.dataset_id,
+        name=spec.name,
+        idempotency_key=idempotency_key,
+        request_hash=submission.request_hash,
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        session.rollback()
+        existing = session.scalar(
+            select(Job).where(Job.owner == principal.owner, Job.idempotency_key == idempotency_key)
+        )
+        if existing is None:
+            raise
+        return _replay(existing, submission.request_hash, idempotency_key, response)
+    queue.enqueue_job(job.id)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_job(job)
+
+
+def _replay(job: Job, request_hash: str, key: str, response: Response) -> JobOut:
+    if job.request_hash != request_hash:
+        raise validation_problem(
+            f"Idempotency-Key '{key}' was already used with a different request body",
+            [field_error("Idempotency-Key", "reused with a different body", ["header", "Idempotency-Key"])],
+        )
+    response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_job(job)
+
+
+@router.get(
+    "", response_model=JobPage, summary="List your jobs, newest first", responses=problem_responses(401, 422)
+)
+def list_jobs(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    status: Annotated[list[JobStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> JobPage:
+    query = select(Job).where(Job.owner == principal.owner)
+    if status:
+        query = query.where(Job.status.in_([s.value for s in status]))
+    if cursor:
+        created_at, job_id = _decode_cursor(cursor)
+        # Keyset on (created_at, id) descending: stable under inserts, no OFFSET scans.
+        query = query.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        )
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    page, more = rows[:limit], len(rows) > limit
+    return JobPage(
+        items=[JobOut.from_job(j) for j in page], next_cursor=_encode_cursor(page[-1]) if more else None
+    )
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="Status and progress of a job",
+    responses=problem_responses(401, 404),
+)
+def get_job(job_id: str, principal: CurrentPrincipal, session: SessionDep) -> JobOut:
+    return JobOut.from_job(get_owned_job(session, principal.owner, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    status_code=202,
+    summary="Cancel a job",
+    responses=problem_responses(401, 404, 409),
+)
+def cancel_job(job_id: str, principal: CurrentPrincipal, session: SessionDep, queue: QueueDep) -> JobOut:
+    """A queued job is cancelled at once; a running one is asked to stop at its next step (cancel_requested)."""
+    job = get_owned_job(session, principal.owner, job_id)
+    if job.is_terminal:
+        raise ProblemError(
+            409, f"job '{job_id}' is already {job.status}", slug="job-finished", title="Job already finished"
+        )
+    was_queued = job.status == JobStatus.queued
+    try:
+        job = job_service.request_cancel(session, job)
+    except job_service.InvalidTransition as e:
+        raise ProblemError(409, str(e), slug="job-finished", title="Job already finished") from None
+    if was_queued:
+        try:
+            queue.revoke(job.id)
+        except Exception:
+            # The database already says cancelled; a worker that still receives the message refuses to claim it.
+            log.warning("could not revoke the queued message of job %s", job.id, exc_info=True)
+    return JobOut.from_job(job)

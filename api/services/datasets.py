@@ -1,0 +1,155 @@
+"""Uploaded JSONL datasets: streamed to disk under a server-chosen name, validated line by line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api.db.base import utcnow
+from api.db.models import TERMINAL_STATUSES, Dataset, Job, new_id
+
+# The layouts the engine auto-detects (dskd_core/spec.py DataSpec): a prompt field and a response field, or chat.
+PROMPT_FIELDS = ("prompt", "instruction", "input", "question")
+RESPONSE_FIELDS = ("response", "output", "completion", "answer")
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class InvalidDataset(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(f"line {line}: {message}" if line else message)
+        self.line = line
+        self.message = message
+
+
+class DatasetInUse(Exception):
+    pass
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a record has no (prompt, response) pair in an accepted layout, or None when it has one."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            return "'messages' must be a list of {role, content} objects"
+        roles = [m["role"] for m in messages]
+        if "assistant" not in roles or roles.index("assistant") == 0:
+            return "'messages' needs an assistant turn after at least one other turn"
+        return None
+    has_prompt = any(isinstance(record.get(f), str) for f in PROMPT_FIELDS)
+    has_response = any(isinstance(record.get(f), str) for f in RESPONSE_FIELDS)
+    if not has_prompt:
+        return f"missing a prompt field (one of {', '.join(PROMPT_FIELDS)}) or 'messages'"
+    if not has_response:
+        return f"missing a response field (one of {', '.join(RESPONSE_FIELDS)})"
+    return None
+
+
+def validate_jsonl(path: Path) -> int:
+    """Row count of a valid JSONL file; raises InvalidDataset naming the first bad line (1-based)."""
+    rows = 0
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise InvalidDataset(number, f"not UTF-8 ({e.reason})") from None
+            if not text:
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InvalidDataset(number, f"invalid JSON: {e.msg} at column {e.colno}") from None
+            problem = record_problem(record)
+            if problem:
+                raise InvalidDataset(number, problem)
+            rows += 1
+    if rows == 0:
+        raise InvalidDataset(None, "the file holds no records")
+    return rows
+
+
+def store_upload(
+    session: Session, *, owner: str, name: str, source: BinaryIO, datasets_dir: Path, max_bytes: int
+) -> Dataset:
+    """Copy the upload to datasets_dir/<id>.jsonl (size-capped, hashed), validate, record it, commit."""
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    dataset_id = new_id()
+    final = datasets_dir / f"{dataset_id}.jsonl"
+    partial = datasets_dir / f".{dataset_id}.partial"
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with partial.open("wb") as out:
+            while block := source.read(1 << 20):
+                size += len(block)
+                if size > max_bytes:
+                    raise UploadTooLarge(max_bytes)
+                digest.update(block)
+                out.write(block)
+        rows = validate_jsonl(partial)
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    dataset = Dataset(
+        id=dataset_id,
+        owner=owner,
+        name=name,
+        stored_path=final.name,
+        size_bytes=size,
+        sha256=digest.hexdigest(),
+        row_count=rows,
+        created_at=utcnow(),
+    )
+    session.add(dataset)
+    try:
+        session.commit()
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+    return dataset
+
+
+def get_owned(session: Session, owner: str, dataset_id: str) -> Dataset | None:
+    dataset = session.get(Dataset, dataset_id)
+    return dataset if dataset is not None and dataset.owner == owner else None
+
+
+def list_owned(session: Session, owner: str) -> list[Dataset]:
+    return list(
+        session.scalars(select(Dataset).where(Dataset.owner == owner).order_by(Dataset.created_at.desc()))
+    )
+
+
+def dataset_file(dataset: Dataset, datasets_dir: Path) -> Path:
+    """Where the worker reads the dataset (data.path for the engine)."""
+    return datasets_dir / dataset.stored_path
+
+
+def delete_dataset(session: Session, dataset: Dataset, datasets_dir: Path) -> None:
+    """Delete the row and file; DatasetInUse while a non-terminal job uses it. Finished jobs keep their spec."""
+    active = session.scalar(
+        select(Job.id).where(Job.dataset_id == dataset.id, Job.status.not_in(TERMINAL_STATUSES)).limit(1)
+    )
+    if active is not None:
+        raise DatasetInUse(active)
+    session.execute(update(Job).where(Job.dataset_id == dataset.id).values(dataset_id=None))
+    path = dataset_file(dataset, datasets_dir)
+    session.delete(dataset)
+    session.commit()
+    path.unlink(missing_ok=True)

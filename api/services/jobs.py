@@ -1,0 +1,209 @@
+"""The job state machine and the worker-facing lease operations. Status changes only through here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from api.db.base import utcnow
+from api.db.models import TERMINAL_STATUSES, Job, JobStatus
+from api.services.events import add_event
+
+S = JobStatus
+# Allowed status changes; terminal states have no way out.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.queued: frozenset({S.running, S.cancelled, S.failed}),
+    S.running: frozenset({S.cancel_requested, S.succeeded, S.failed, S.cancelled}),
+    S.cancel_requested: frozenset({S.cancelled, S.succeeded, S.failed}),
+    S.succeeded: frozenset(),
+    S.failed: frozenset(),
+    S.cancelled: frozenset(),
+}
+LEASED_STATUSES = (S.running, S.cancel_requested)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, job_id: str, current: str, new: str) -> None:
+        super().__init__(f"job {job_id}: cannot go from {current} to {new}")
+        self.current = current
+        self.new = new
+
+
+def transition(
+    session: Session, job: Job, new_status: str, *, error: dict[str, Any] | None = None, commit: bool = True
+) -> Job:
+    """Change a job's status, write its "status" event, and commit. Raises InvalidTransition."""
+    new_status = JobStatus(new_status)
+    # Lock the row (PostgreSQL) and re-read, so two concurrent transitions cannot both pass the check.
+    session.refresh(job, with_for_update=session.get_bind().dialect.name != "sqlite")
+    if new_status not in TRANSITIONS[job.status]:
+        session.rollback()
+        raise InvalidTransition(job.id, job.status, new_status)
+    now = utcnow()
+    job.status = new_status
+    job.updated_at = now
+    if error is not None:
+        job.error = error
+    if new_status in TERMINAL_STATUSES:
+        job.finished_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+    payload: dict[str, Any] = {"status": new_status.value, "attempt": job.attempt}
+    if job.error is not None and new_status == S.failed:
+        payload["error"] = job.error
+    session.flush()
+    add_event(session, job.id, "status", payload)
+    if commit:
+        session.commit()
+    return job
+
+
+def create_job(
+    session: Session,
+    *,
+    owner: str,
+    spec: dict[str, Any],
+    max_attempts: int,
+    dataset_id: str | None = None,
+    name: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Insert a queued job with its first "status" event; the caller commits (and then enqueues)."""
+    now = utcnow()
+    job = Job(
+        owner=owner,
+        name=name,
+        spec=spec,
+        status=S.queued,
+        attempt=0,
+        max_attempts=max_attempts,
+        progress={},
+        dataset_id=dataset_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        last_seq=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "status", {"status": S.queued.value, "attempt": 0})
+    return job
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """queued → cancelled now; running → cancel_requested (the loop stops cooperatively); else unchanged."""
+    if job.status == S.queued:
+        return transition(session, job, S.cancelled)
+    if job.status == S.running:
+        return transition(session, job, S.cancel_requested)
+    return job
+
+
+def claim_job(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> Job | None:
+    """Atomically take the job for this worker. None if it is held under a live lease, finished or exhausted."""
+    now = now or utcnow()
+    claimable = and_(
+        Job.id == job_id,
+        Job.attempt < Job.max_attempts,
+        or_(Job.status == S.queued, and_(Job.status.in_(LEASED_STATUSES), Job.lease_expires_at < now)),
+    )
+    # One UPDATE ... WHERE: the database serialises competing claims on the row; only one matches.
+    result = session.execute(
+        update(Job)
+        .where(claimable)
+        .values(
+            status=case((Job.status == S.cancel_requested, S.cancel_requested.value), else_=S.running.value),
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempt=Job.attempt + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    add_event(session, job_id, "status", {"status": job.status, "attempt": job.attempt, "worker": worker_id})
+    session.commit()
+    return job
+
+
+def renew_lease(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> bool:
+    """Extend our lease; False when another worker has claimed the job or it has left the running states."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.status.in_(LEASED_STATUSES))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def find_stale_jobs(
+    session: Session, now: datetime | None = None, *, queued_older_than: float = 600.0
+) -> list[str]:
+    """Jobs to re-send: expired leases with attempts left, and queued jobs never claimed for a while."""
+    now = now or utcnow()
+    expired = and_(
+        Job.status.in_(LEASED_STATUSES), Job.lease_expires_at < now, Job.attempt < Job.max_attempts
+    )
+    forgotten = and_(
+        Job.status == S.queued,
+        Job.lease_owner.is_(None),
+        Job.created_at < now - timedelta(seconds=queued_older_than),
+    )
+    return list(session.scalars(select(Job.id).where(or_(expired, forgotten)).order_by(Job.created_at)))
+
+
+def fail_exhausted_jobs(session: Session, now: datetime | None = None) -> list[str]:
+    """Mark failed the jobs whose lease expired on their last allowed attempt; returns their ids."""
+    now = now or utcnow()
+    ids = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status.in_(LEASED_STATUSES), Job.lease_expires_at < now, Job.attempt >= Job.max_attempts
+            )
+        )
+    )
+    failed = []
+    for job_id in ids:
+        job = session.get(Job, job_id)
+        if job is None:
+            continue
+        error = {"code": "attempts_exhausted", "message": f"the worker was lost {job.attempt} times"}
+        try:
+            transition(session, job, S.failed, error=error)
+            failed.append(job_id)
+        except InvalidTransition:
+            continue
+    return failed
+
+
+def update_progress(session: Session, job_id: str, progress: dict[str, Any]) -> None:
+    """Merge a progress snapshot (step, total_steps, epoch, metrics, elapsed_seconds, eta_seconds) into the job row."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return
+    job.progress = {**(job.progress or {}), **progress}
+    job.updated_at = utcnow()
+    session.commit()
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    """For the worker's cancel token: cancel_requested (or already cancelled) means stop."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status in (S.cancel_requested, S.cancelled)
