@@ -9,7 +9,15 @@
 """
 
 from dskd_core.data.batching import Collator, ResumableSampler, TokenizedDataset, epoch_order
-from dskd_core.data.build import ALIGNMENTS, Datasets, Encoder, PairAligner, build_datasets, split_records
+from dskd_core.data.build import (
+    ALIGNMENTS,
+    AlignFn,
+    Datasets,
+    Encoder,
+    build_datasets,
+    default_aligners,
+    split_records,
+)
 from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_example, response_span
 from dskd_core.data.records import DataError, FieldNames, Record, load_records, parse_record, split_dev
 from dskd_core.data.templates import format_prompt, prompt_with_context
@@ -17,17 +25,18 @@ from dskd_core.data.templates import format_prompt, prompt_with_context
 __all__ = [
     "ALIGNMENTS",
     "IGNORE_INDEX",
+    "AlignFn",
     "Collator",
     "DataError",
     "Datasets",
     "Encoder",
     "FieldNames",
-    "PairAligner",
     "Record",
     "ResumableSampler",
     "TokenizedDataset",
     "adds_bos",
     "build_datasets",
+    "default_aligners",
     "encode_example",
     "epoch_order",
     "format_prompt",

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+import numpy as np
 
 from dskd_core.data.batching import Collator, TokenizedDataset
-from dskd_core.data.encode import adds_bos, encode_example, response_span
+from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_example
 from dskd_core.data.records import DataError, FieldNames, Record, load_records, read_records, split_dev
 from dskd_core.data.templates import format_prompt
 from dskd_core.spec import JobSpec
@@ -27,84 +30,78 @@ ALIGNMENTS = ("eta", "mined")
 DEV_SPLITS = ("validation", "dev", "valid", "test")
 
 
-class PairAligner(Protocol):
-    """Aligns a teacher and a student response label span (token id lists, EOS included).
+# (teacher_labels [B, T_t], student_labels [B, T_s], right-padded with -100) -> [B, T_s] int array: for each student
+# label position the aligned teacher label position, else -1.
+AlignFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-    Each method returns, for every student token k, the index j of the teacher token aligned with it, or -1.
-    """
-
-    def eta(self, teacher_ids: Sequence[int], student_ids: Sequence[int]) -> Sequence[int]: ...
-
-    def mined(self, teacher_ids: Sequence[int], student_ids: Sequence[int]) -> Sequence[int]: ...
+ALIGN_CHUNK = 256  # examples per alignment call: vectorised over the chunk, bounded memory
 
 
-def default_aligner(student_tokenizer: Any, teacher_tokenizer: Any) -> PairAligner:
-    """The alignment library's aligner for this tokenizer pair (imported lazily: it is only needed in dual mode)."""
-    from dskd_core.alignment import TokenAligner
+def default_aligners(
+    student_tokenizer: Any, teacher_tokenizer: Any, names: Sequence[str]
+) -> dict[str, AlignFn]:
+    """The alignment library's functions for this tokenizer pair (imported lazily: only dual mode needs them)."""
+    from dskd_core.alignment import eta_teacher_index, mined_teacher_index
 
-    return TokenAligner(teacher_tokenizer, student_tokenizer)
+    index_fns = {"eta": eta_teacher_index, "mined": mined_teacher_index}
+    aligners: dict[str, AlignFn] = {}
+    for name in names:
+        if name not in index_fns:
+            raise ValueError(f"unknown alignment '{name}'; choose from {ALIGNMENTS}")
+        index_fn = index_fns[name]
+        aligners[name] = partial(_call_index_fn, index_fn, teacher_tokenizer, student_tokenizer)
+    return aligners
+
+
+def _call_index_fn(
+    fn: Any, teacher_tokenizer: Any, student_tokenizer: Any, t: np.ndarray, s: np.ndarray
+) -> np.ndarray:
+    return np.asarray(fn(t, s, teacher_tokenizer, student_tokenizer))
 
 
 @dataclass
 class Encoder:
-    """Renders and tokenises records for one tokenizer (the student), or two (dual mode)."""
+    """Renders and tokenises records for the student, or for the student and the teacher (dual mode).
+
+    In dual mode `aligners` maps each name of `alignments` to its index function; by default the alignment
+    library's (`default_aligners`).
+    """
 
     template: str
     max_prompt_length: int
     max_length: int
     student_tokenizer: Any
     teacher_tokenizer: Any | None = None
-    aligner: PairAligner | None = None
     alignments: tuple[str, ...] = ALIGNMENTS
+    aligners: dict[str, AlignFn] | None = None
 
     def __post_init__(self) -> None:
-        self._student_bos = adds_bos(self.student_tokenizer)
-        self._teacher_bos = adds_bos(self.teacher_tokenizer) if self.teacher_tokenizer is not None else False
-        if self.teacher_tokenizer is not None and self.alignments and self.aligner is None:
-            self.aligner = default_aligner(self.student_tokenizer, self.teacher_tokenizer)
         unknown = set(self.alignments) - set(ALIGNMENTS)
         if unknown:
             raise ValueError(f"unknown alignments {sorted(unknown)}; choose from {ALIGNMENTS}")
+        self._student_bos = adds_bos(self.student_tokenizer)
+        self._teacher_bos = adds_bos(self.teacher_tokenizer) if self.teacher_tokenizer is not None else False
+        if self.teacher_tokenizer is None:
+            self.alignments = ()
+        elif self.aligners is None:
+            self.aligners = default_aligners(self.student_tokenizer, self.teacher_tokenizer, self.alignments)
+        missing = set(self.alignments) - set(self.aligners or {})
+        if missing:
+            raise ValueError(f"no aligner given for {sorted(missing)}")
 
     def encode(self, record: Record) -> dict[str, list[int]] | None:
-        """One example's lists, or None when truncation leaves no response label on either side."""
-        student = self._encode_side(record, self.student_tokenizer, self._student_bos)
-        if student is None or self.teacher_tokenizer is None:
-            return student
-        teacher = self._encode_side(record, self.teacher_tokenizer, self._teacher_bos)
-        if teacher is None:
-            return None
-        example = {**student, "teacher_input_ids": teacher["input_ids"], "teacher_labels": teacher["labels"]}
-        s_start, s_span = response_span(student["labels"])
-        t_start, t_span = response_span(teacher["labels"])
-        for name in self.alignments:
-            pairs = list(getattr(self.aligner, name)(t_span, s_span))
-            if len(pairs) != len(s_span):
-                raise RuntimeError(
-                    f"{name} alignment returned {len(pairs)} indices for {len(s_span)} student tokens"
-                )
-            index = [-1] * len(student["input_ids"])
-            for k, j in enumerate(pairs):
-                if j >= 0:
-                    index[s_start + k] = t_start + j
-            example[f"{name}_teacher_index"] = index
+        """One example's lists (with alignment indices in dual mode), or None when truncation leaves no
+        response label on either side."""
+        example = self._tokenize(record)
+        if example is not None:
+            self._add_alignments([example])
         return example
 
-    def _encode_side(self, record: Record, tokenizer: Any, bos: bool) -> dict[str, list[int]] | None:
-        prompt = format_prompt(record, self.template, tokenizer)
-        return encode_example(
-            prompt,
-            record.response,
-            tokenizer,
-            max_prompt_length=self.max_prompt_length,
-            max_length=self.max_length,
-            bos=bos,
-        )
-
     def dataset(self, records: Sequence[Record], *, name: str = "data") -> TokenizedDataset:
+        """Tokenise every record once; examples without a response label are dropped, counted and logged."""
         examples, kept = [], []
         for i, record in enumerate(records):
-            example = self.encode(record)
+            example = self._tokenize(record)
             if example is not None:
                 examples.append(example)
                 kept.append(i)
@@ -120,7 +117,51 @@ class Encoder:
             raise DataError(
                 f"{name}: every example lost its response to truncation; raise training.max_length"
             )
+        for begin in range(0, len(examples), ALIGN_CHUNK):
+            self._add_alignments(examples[begin : begin + ALIGN_CHUNK])
         return TokenizedDataset(examples, kept, dropped)
+
+    def _tokenize(self, record: Record) -> dict[str, list[int]] | None:
+        student = self._encode_side(record, self.student_tokenizer, self._student_bos)
+        if student is None or self.teacher_tokenizer is None:
+            return student
+        teacher = self._encode_side(record, self.teacher_tokenizer, self._teacher_bos)
+        if teacher is None:
+            return None
+        return {**student, "teacher_input_ids": teacher["input_ids"], "teacher_labels": teacher["labels"]}
+
+    def _encode_side(self, record: Record, tokenizer: Any, bos: bool) -> dict[str, list[int]] | None:
+        prompt = format_prompt(record, self.template, tokenizer)
+        return encode_example(
+            prompt,
+            record.response,
+            tokenizer,
+            max_prompt_length=self.max_prompt_length,
+            max_length=self.max_length,
+            bos=bos,
+        )
+
+    def _add_alignments(self, examples: list[dict[str, list[int]]]) -> None:
+        """Adds `<name>_teacher_index` to each example, aligning a whole chunk per library call."""
+        if not self.alignments:
+            return
+        teacher_labels = _pad_rows([ex["teacher_labels"] for ex in examples], IGNORE_INDEX)
+        student_labels = _pad_rows([ex["labels"] for ex in examples], IGNORE_INDEX)
+        for name in self.alignments:
+            index = np.asarray(self.aligners[name](teacher_labels, student_labels))
+            if index.shape != student_labels.shape:
+                raise RuntimeError(
+                    f"{name} alignment returned shape {index.shape}, expected {student_labels.shape}"
+                )
+            for row, ex in zip(index, examples, strict=True):
+                ex[f"{name}_teacher_index"] = row[: len(ex["labels"])].tolist()
+
+
+def _pad_rows(rows: list[list[int]], value: int) -> np.ndarray:
+    out = np.full((len(rows), max(len(r) for r in rows)), value, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 @dataclass
@@ -170,11 +211,15 @@ def build_datasets(
     teacher_tokenizer: Any | None = None,
     *,
     dual: bool,
-    aligner: PairAligner | None = None,
+    aligners: dict[str, AlignFn] | None = None,
     alignments: tuple[str, ...] = ALIGNMENTS,
     split_seed: int = 0,
 ) -> Datasets:
-    """Load, split and tokenise the job's data. `dual=True` needs the teacher tokenizer (cross-vocabulary)."""
+    """Load, split and tokenise the job's data.
+
+    `dual=True` (cross-vocabulary methods) needs the teacher tokenizer and adds the teacher side and the
+    `alignments` indices; pass only the alignment the method uses to save time. `aligners` overrides the library's.
+    """
     if dual and teacher_tokenizer is None:
         raise ValueError("dual tokenisation needs the teacher tokenizer")
     train_records, dev_records = split_records(spec, split_seed=split_seed)
@@ -184,8 +229,8 @@ def build_datasets(
         max_length=spec.training.max_length,
         student_tokenizer=student_tokenizer,
         teacher_tokenizer=teacher_tokenizer if dual else None,
-        aligner=aligner,
         alignments=alignments if dual else (),
+        aligners=aligners,
     )
     train = encoder.dataset(train_records, name="train")
     dev = encoder.dataset(dev_records, name="dev") if dev_records else None

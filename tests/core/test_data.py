@@ -30,6 +30,7 @@ CORPUS = [
     "Write a short poem about the sea and the sky, with waves and wind.",
     "Question: how many legs does a spider have? Answer: a spider has eight legs.",
     "Summarise the text below in one sentence. Context: cats sleep a lot during the day.",
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz",  # every ASCII letter: no <unk> in test texts
     "Café, naïve, résumé: accents are bytes too. 0123456789 {}[]()<>|:;,.!?'\"-_/#*+=",
 ]
 
@@ -367,3 +368,115 @@ def test_dev_split_is_deterministic_and_disjoint(tmp_path, student_tok):
     sep = build_datasets(_spec(path, dev_path=str(dev_file)), student_tok, dual=False)
     assert len(sep.train) == 40 and [r.prompt for r in sep.dev_records] == ["prompt 0", "prompt 1"]
     assert build_datasets(_spec(path), student_tok, dual=False).dev is None
+
+
+# --- dual tokenisation ---------------------------------------------------------------------------------------
+
+DUAL_ROWS = [
+    {"instruction": "What is the capital of France?", "response": "The capital of France is Paris."},
+    {
+        "instruction": "How many legs does a spider have?",
+        "context": "Spiders are arachnids.",
+        "response": "Eight legs.",
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Write about the sea."},
+            {"role": "assistant", "content": "Waves and wind, the sea and the sky."},
+        ]
+    },
+]
+
+
+def _span(labels: list[int]) -> tuple[int, list[int]]:
+    valid = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
+    return valid[0], [labels[t] for t in valid]
+
+
+@pytest.mark.parametrize("template", ["chat", "Q: {prompt}\nA:"])
+def test_dual_tokenisation_with_exact_alignment(tmp_path, student_tok, teacher_tok, template):
+    path = _jsonl(tmp_path / "d.jsonl", DUAL_ROWS)
+    ds = build_datasets(
+        _spec(path, prompt_template=template), student_tok, teacher_tok, dual=True, alignments=("eta",)
+    )
+    batch = ds.collator([ds.train[i] for i in range(len(ds.train))])
+    b, t_s = batch["input_ids"].shape
+    t_t = batch["teacher_input_ids"].shape[1]
+    assert b == 3 and batch["eta_teacher_index"].shape == (b, t_s) and "mined_teacher_index" not in batch
+    assert batch["teacher_labels"].shape == batch["teacher_attention_mask"].shape == (b, t_t)
+    assert t_t == int(batch["teacher_attention_mask"].sum(1).max())  # teacher side padded to its own longest
+    aligned = total = 0
+    for i, record in enumerate(ds.train_records):
+        s_ids = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+        t_ids = batch["teacher_input_ids"][i][batch["teacher_attention_mask"][i].bool()].tolist()
+        s_labels, t_labels = batch["labels"][i].tolist(), batch["teacher_labels"][i].tolist()
+        assert student_tok.decode(_span(s_labels)[1], skip_special_tokens=True) == record.response
+        assert teacher_tok.decode(_span(t_labels)[1], skip_special_tokens=True) == record.response
+        assert t_ids[0] == teacher_tok.bos_token_id and t_ids.count(teacher_tok.bos_token_id) == 1
+        assert s_ids[-1] == student_tok.eos_token_id and t_ids[-1] == teacher_tok.eos_token_id
+        # every aligned pair predicts the same text after the same prefix (checked by decoding, spaces removed)
+        s_start, s_span = _span(s_labels)
+        t_start, t_span = _span(t_labels)
+
+        def text(tok, ids):
+            return tok.decode(ids, skip_special_tokens=True).replace(" ", "")
+
+        index = batch["eta_teacher_index"][i].tolist()
+        for t, j in enumerate(index):
+            if j < 0:
+                continue
+            k, m = t - s_start, j - t_start
+            assert 0 <= k < len(s_span) and 0 <= m < len(t_span)
+            assert s_labels[t] != IGNORE_INDEX and t_labels[j] != IGNORE_INDEX
+            assert text(student_tok, s_span[:k]) == text(teacher_tok, t_span[:m])
+            assert text(student_tok, s_span[: k + 1]) == text(teacher_tok, t_span[: m + 1])
+        assert index[s_start + len(s_span) - 1] == t_start + len(t_span) - 1  # EOS aligned with EOS
+        aligned += sum(j >= 0 for j in index)
+        total += len(s_span)
+    assert aligned / total > 0.3  # plain ASCII text shares many token boundaries
+
+
+def test_dual_with_given_aligners_and_padding(tmp_path, student_tok, teacher_tok):
+    def in_order(teacher_labels, student_labels):
+        """Pairs the k-th student label with the k-th teacher label (a ULD-style stand-in)."""
+        out = torch.full(student_labels.shape, -1, dtype=torch.long).numpy()
+        for r in range(student_labels.shape[0]):
+            s_pos = (student_labels[r] != IGNORE_INDEX).nonzero()[0]
+            t_pos = (teacher_labels[r] != IGNORE_INDEX).nonzero()[0]
+            n = min(len(s_pos), len(t_pos))
+            out[r, s_pos[:n]] = t_pos[:n]
+        return out
+
+    def nothing(teacher_labels, student_labels):
+        return torch.full(student_labels.shape, -1).numpy()
+
+    path = _jsonl(tmp_path / "d.jsonl", DUAL_ROWS[:2])
+    ds = build_datasets(
+        _spec(path), student_tok, teacher_tok, dual=True, aligners={"eta": nothing, "mined": in_order}
+    )
+    batch = ds.collator([ds.train[0], ds.train[1]])
+    assert (batch["eta_teacher_index"] == -1).all()
+    mined = batch["mined_teacher_index"]
+    for i in range(2):
+        s_valid = (batch["labels"][i] != IGNORE_INDEX).nonzero().flatten()
+        t_valid = (batch["teacher_labels"][i] != IGNORE_INDEX).nonzero().flatten()
+        n = min(len(s_valid), len(t_valid))
+        assert mined[i, s_valid[:n]].tolist() == t_valid[:n].tolist()
+        assert (mined[i][batch["labels"][i] == IGNORE_INDEX] == -1).all()  # prompt and padding positions
+    with pytest.raises(ValueError, match="teacher tokenizer"):
+        build_datasets(_spec(path), student_tok, dual=True)
+    single = build_datasets(_spec(path), student_tok, teacher_tok, dual=False)
+    assert set(single.collator([single.train[0]])) == {"input_ids", "labels", "attention_mask"}
+
+
+def test_default_mined_alignment(tmp_path, student_tok, teacher_tok):
+    path = _jsonl(tmp_path / "d.jsonl", DUAL_ROWS)
+    ds = build_datasets(_spec(path), student_tok, teacher_tok, dual=True)
+    batch = ds.collator([ds.train[i] for i in range(3)])
+    mined = batch["mined_teacher_index"]
+    assert mined.shape == batch["input_ids"].shape
+    assert (mined[batch["labels"] == IGNORE_INDEX] == -1).all()
+    valid = mined >= 0
+    assert (
+        valid.any() and (batch["teacher_labels"].gather(1, mined.clamp(min=0))[valid] != IGNORE_INDEX).all()
+    )
