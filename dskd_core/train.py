@@ -213,6 +213,11 @@ def prepare(spec: JobSpec, device: torch.device) -> Setup:
     from dskd_core.data.build import build_datasets
     from dskd_core.distillers.common import same_vocabulary
 
+    import_distillers()
+    try:
+        distiller_class = get_distiller_class(spec.distill.method)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
     info = spec.method_info
     student_tok = models.load_tokenizer(spec.student)
     teacher_tok = models.load_tokenizer(spec.teacher) if info.needs_teacher and spec.teacher else None
@@ -229,8 +234,20 @@ def prepare(spec: JobSpec, device: torch.device) -> Setup:
         teacher = models.load_model(spec.teacher, trainable=False, device=device)
     data = build_datasets(spec, student_tok, teacher_tok if dual else None, dual=dual)
     ctx = DistillContext(spec, student, teacher, student_tok, teacher_tok, vocab_map=None)
-    distiller = get_distiller_class(spec.distill.method)(ctx).to(device)
+    distiller = distiller_class(ctx).to(device)
     return Setup(student, teacher, student_tok, teacher_tok, distiller, data.train, data.dev, data.collator)
+
+
+def import_distillers() -> None:
+    """Import every distiller module so that its @register has run (the registry is filled on import)."""
+    import importlib
+    import pkgutil
+
+    import dskd_core.distillers as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in {"base", "common"}:
+            importlib.import_module(f"dskd_core.distillers.{info.name}")
 
 
 def lr_lambda(schedule: str, warmup_ratio: float, total_steps: int):

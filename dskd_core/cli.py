@@ -1,0 +1,158 @@
+"""The `dskd` command line: run a distillation job locally, build the toy world, print the spec schema.
+
+Each command is one small function; heavy modules (torch, transformers) are imported inside the commands so that
+`dskd --help` answers at once. To add a command, write a function decorated with `@app.command()`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dskd_core.progress import ProgressEvent
+
+EXIT_BAD_SPEC = 2
+
+app = typer.Typer(
+    name="dskd",
+    help=(
+        "Distil a large language model into a small one (Dual-Space KD and baselines).\n\n"
+        "Examples:\n\n"
+        "dskd toy --out toy_world          build a CPU teacher, students and data\n\n"
+        "dskd train job.yaml --run-dir r   train (resuming from r), then export\n\n"
+        "dskd spec-schema                  the JSON schema of a job spec\n\n"
+        "Job specs: see README.md and scripts/demo.sh."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = EXIT_BAD_SPEC) -> typer.Exit:
+    """Print an error to stderr and return the Exit to raise (no traceback)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def format_validation_error(error: Any) -> str:
+    """A pydantic ValidationError as one line per field path: `training.precision: fp16 is not supported…`."""
+    lines = []
+    for e in error.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(spec)"
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}")
+    return "invalid job spec:\n" + "\n".join(lines)
+
+
+def load_spec(path: Path):
+    """Read and validate a spec file, turning every user error into a readable message and exit code 2."""
+    import yaml
+    from pydantic import ValidationError
+
+    from dskd_core.spec import JobSpec
+
+    if not path.is_file():
+        raise fail(f"{path}: no such spec file")
+    try:
+        return JobSpec.from_file(path)
+    except ValidationError as e:
+        raise fail(f"{path}: {format_validation_error(e)}") from None
+    except (yaml.YAMLError, ValueError) as e:
+        raise fail(f"{path}: {e}") from None
+
+
+class BarSink:
+    """A tqdm progress bar for `dskd train`, with evaluation and checkpoint lines printed above it."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def emit(self, event: ProgressEvent) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None and event.total_steps:
+            self.bar = tqdm(total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True)
+        if event.type == "step" and self.bar is not None:
+            self.bar.update(event.step - self.bar.n)
+            shown = {k: event.metrics[k] for k in ("loss", "ce", "kd", "lr") if k in event.metrics}
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+        elif event.type in {"eval", "checkpoint", "exported", "log"} or (
+            event.type == "started" and event.message
+        ):
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
+            text = f"[{event.type} @ step {event.step}] {metrics} {event.message or ''}".rstrip()
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@app.command()
+def train(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON); see `dskd spec-schema`.")],
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="Checkpoints and export go here (default: runs/<spec name>)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: a GPU if there is one).")
+    ] = None,
+) -> None:
+    """Run a distillation job locally: pre-flight checks, training, export. Resumes if RUN_DIR has checkpoints."""
+    spec = load_spec(spec_file)
+    from dskd_core.data.records import DataError
+    from dskd_core.models import ModelLoadError
+    from dskd_core.train import PreflightError, run_job
+
+    run_dir = run_dir or Path("runs") / (spec.name or spec_file.stem)
+    sink = BarSink()
+    try:
+        result = run_job(spec, run_dir, sink=sink, device=device)
+    except (PreflightError, ModelLoadError, DataError) as e:
+        raise fail(str(e)) from None
+    finally:
+        sink.close()
+    final = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("dev_")}
+    typer.echo(f"{result.status}: {result.steps}/{result.total_steps} steps; {final}")
+    typer.echo(f"exported student: {result.export_dir}")
+
+
+@app.command()
+def toy(
+    out: Annotated[
+        Path, typer.Option(help="Directory of the toy world (reused when it is already built).")
+    ] = Path("toy_world"),
+    size: Annotated[str, typer.Option(help="full (demo) or fast (tests).")] = "full",
+    seed: Annotated[int, typer.Option(help="Seed of the data and of the models' training.")] = 0,
+) -> None:
+    """Build the toy world: a trained teacher, two untrained students (same and other vocabulary) and data."""
+    if size not in {"full", "fast"}:
+        raise fail(f"--size must be 'full' or 'fast', not '{size}'")
+    from dskd_core.toy import build_toy_world
+
+    world = build_toy_world(out, size=size, seed=seed)
+    fields = world.__dict__ if hasattr(world, "__dict__") else world._asdict()
+    for name, value in fields.items():
+        typer.echo(f"{name:>16}: {value}")
+
+
+@app.command("spec-schema")
+def spec_schema() -> None:
+    """Print the JSON schema of a job spec."""
+    from dskd_core.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def main() -> None:
+    app(prog_name="dskd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
