@@ -353,3 +353,15 @@ def test_a_few_steps_reduce_the_loss(models_pair, tokenizer, method):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_dskd_runs_under_bf16_autocast(models_pair, tokenizer):
+    student, teacher = models_pair
+    batch = make_batch(9)
+    d = make_distiller(Method.dskd, student, teacher, tokenizer)
+    reference = d(batch, tokens_of(batch)).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = d(batch, tokens_of(batch)).loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert close(loss, reference, 0.05)  # only the models' bodies ran in bf16
+    loss.backward()
