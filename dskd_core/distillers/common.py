@@ -17,7 +17,7 @@ IGNORE_INDEX = -100
 
 
 def same_vocabulary(tok_a: Any, tok_b: Any) -> bool:
-    """True when two tokenizers map the same strings to the same ids and share their special tokens."""
+    """True when two tokenizers map the same strings to the same ids and share their special tokens (but pad)."""
     if tok_a is tok_b:
         return True
     if tok_a.get_vocab() != tok_b.get_vocab():
@@ -26,8 +26,9 @@ def same_vocabulary(tok_a: Any, tok_b: Any) -> bool:
 
 
 def _special_tokens(tok: Any) -> dict[str, Any]:
+    # Padding never reaches a label (-100 there), so a pad token set only on one side does not matter.
     specials = dict(getattr(tok, "special_tokens_map", {}) or {})
-    specials["_ids"] = sorted(getattr(tok, "all_special_ids", []) or [])
+    specials.pop("pad_token", None)
     return specials
 
 

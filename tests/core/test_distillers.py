@@ -277,6 +277,10 @@ def test_differing_tokenizers_are_refused_with_the_cross_vocabulary_methods(mode
     assert same_vocabulary(tokenizer, make_tokenizer())  # equal but distinct objects pass
     other = make_tokenizer(swap=True)
     assert not same_vocabulary(tokenizer, other)
+    other_eos, other_pad = make_tokenizer(), make_tokenizer()
+    other_eos.eos_token, other_pad.pad_token = "<pad>", "<eos>"
+    assert not same_vocabulary(tokenizer, other_eos)  # EOS is a label: it must be the same token
+    assert same_vocabulary(tokenizer, other_pad)  # padding never reaches a label
     with pytest.raises(ValueError) as err:
         make_distiller(method, student, teacher, tokenizer, teacher_tokenizer=other)
     assert all(m in str(err.value) for m in CROSS_VOCAB_METHODS)
