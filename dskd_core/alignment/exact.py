@@ -4,7 +4,10 @@ after the same text.
 Each token is reduced to an *alignment unit*: its canonical bytes with the space bytes removed (so the
 SentencePiece dummy-prefix space cannot shift every comparison after it), or, for a special token, a marker of
 length 1 that equals only the same role on the other side (EOS↔EOS, BOS↔BOS, PAD↔PAD, equal added-special
-content; UNK and unused ids equal nothing).
+content; UNK and unused ids equal nothing). Being one position wide, EOS pairs with EOS even when one side has
+an extra whitespace-only token before it; the price is that a special token present on one side only shifts
+every later offset of that side, so callers put specials at the same places on both sides (the data pipeline
+appends EOS to both responses and nothing else special enters the labels).
 
 Two forms, proven equal and tested on random cases:
 

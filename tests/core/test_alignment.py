@@ -130,7 +130,9 @@ def test_convention_detected_from_backend(byte_level, sentencepiece):
 def test_canonical_bytes_round_trip(byte_level, sentencepiece):
     for text in TEXTS:
         assert canonical_text_bytes(byte_level, encode(byte_level, text)) == text.encode("utf-8"), text
-        assert canonical_text_bytes(sentencepiece, encode(sentencepiece, text)) == sp_expected_bytes(text), text
+        assert canonical_text_bytes(sentencepiece, encode(sentencepiece, text)) == sp_expected_bytes(text), (
+            text
+        )
         # The tokenizers' own decoders agree (the SentencePiece decoder strips the dummy space again).
         assert byte_level.decode(encode(byte_level, text)) == text
     sp_ids = encode(sentencepiece, "unseen: € ß Zq 🚀")
@@ -218,3 +220,243 @@ def test_vocab_map_across_families(byte_level, sentencepiece):
     assert 0 < report.teacher_fraction < 1 and 0 < report.student_fraction < 1
     assert report.special_tokens["eos"] == (byte_level.eos_token_id, sentencepiece.eos_token_id)
     assert "EOS" in report.format() and report.as_dict()["teacher_vocab_size"] == len(byte_level)
+
+
+# ---------------------------------------------------------------- exact alignment
+
+
+def _hand_tokenizer(pieces: list[str], sentencepiece: bool) -> PreTrainedTokenizerFast:
+    """A tokenizer whose vocabulary is spelled by hand (never used to encode: ids are picked by string)."""
+    if sentencepiece:
+        base = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        tok = Tokenizer(
+            models.BPE(vocab={p: i for i, p in enumerate(base + pieces)}, merges=[], byte_fallback=True)
+        )
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+        )
+    base = ["<|endoftext|>", *sorted(set(pre_tokenizers.ByteLevel.alphabet()))]
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(dict.fromkeys(base + pieces))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+HAND_CASES = [
+    # (teacher pieces, student pieces, expected pairs): an n:m span is skipped, the walk re-synchronises after it
+    (["ab", "c", "Ġde"], ["▁a", "bc", "▁de"], [(2, 2)]),
+    (["he", "llo", "Ġwor", "ld"], ["▁hel", "lo", "▁wor", "ld"], [(2, 2), (3, 3)]),
+    (["the", "Ġcat"], ["▁the", "▁cat"], [(0, 0), (1, 1)]),  # the SentencePiece dummy prefix is no shift
+    (["caf", "Ã©"], ["▁caf", "é"], [(0, 0), (1, 1)]),  # byte-level spelling vs a UTF-8 piece
+    (["Ã", "©"], ["<0xC3>", "<0xA9>"], [(0, 0), (1, 1)]),  # split bytes vs byte fallback
+    (["Ã©", "x"], ["<0xC3>", "<0xA9>", "x"], [(1, 2)]),
+    (["a", "Ġ", "Ġb"], ["▁a", "▁", "▁b"], [(0, 0), (1, 1), (2, 2)]),  # whitespace-only tokens, in order
+    (["a", "ĠĠ", "b"], ["▁a", "▁", "▁", "b"], [(0, 0), (1, 1), (2, 3)]),
+    (["x", "<|endoftext|>"], ["▁x", "</s>"], [(0, 0), (1, 1)]),  # EOS ↔ EOS
+    (["<|endoftext|>", "x"], ["<s>", "▁x"], [(1, 1)]),  # EOS is not BOS
+    (["x", "<|endoftext|>"], ["▁x", "y"], [(0, 0)]),  # a special is never text
+]
+
+
+@pytest.mark.parametrize(("teacher_pieces", "student_pieces", "expected"), HAND_CASES)
+def test_exact_alignment_hand_cases(teacher_pieces, student_pieces, expected):
+    teacher = _hand_tokenizer(teacher_pieces, sentencepiece=False)
+    student = _hand_tokenizer(student_pieces, sentencepiece=True)
+    t_ids = teacher.convert_tokens_to_ids(teacher_pieces)
+    s_ids = student.convert_tokens_to_ids(student_pieces)
+    assert exact_alignment(t_ids, s_ids, teacher, student) == expected
+    assert align_batch([t_ids], [s_ids], teacher, student)[0].tolist() == [list(p) for p in expected]
+
+
+def test_exact_alignment_identical_tokenizers(byte_level, sentencepiece):
+    for tok in (byte_level, sentencepiece):
+        seqs = [encode(tok, text) + [tok.eos_token_id] for text in TEXTS]
+        for ids, pairs in zip(seqs, align_batch(seqs, seqs, tok, tok), strict=True):
+            assert pairs.tolist() == [[k, k] for k in range(len(ids))]
+            assert exact_alignment(ids, ids, tok, tok) == [(k, k) for k in range(len(ids))]
+
+
+def _random_ids(rng: random.Random, tok, length: int) -> list[int]:
+    """Arbitrary ids (texts need not match), rich in specials and whitespace-only tokens."""
+    spaces = [i for i, b in enumerate(token_bytes_table(tok)) if b is not None and b.strip(b" ") == b""]
+    pool = [*range(len(tok)), *spaces * 20, *tok.all_special_ids * 20]
+    return [rng.choice(pool) for _ in range(length)]
+
+
+def test_fast_alignment_equals_two_pointer(byte_level, sentencepiece):
+    rng = random.Random(0)
+    for teacher, student in (
+        (byte_level, sentencepiece),
+        (sentencepiece, byte_level),
+        (byte_level, byte_level),
+    ):
+        t_seqs, s_seqs = [], []
+        for text in TEXTS + [random_text(rng, rng.randint(1, 80)) for _ in range(60)]:
+            t_seqs.append(encode(teacher, text) + [teacher.eos_token_id])
+            s_seqs.append(encode(student, text) + [student.eos_token_id])
+        for _ in range(60):  # unrelated sequences: the equivalence does not rely on the texts being equal
+            t_seqs.append(_random_ids(rng, teacher, rng.randint(0, 30)))
+            s_seqs.append(_random_ids(rng, student, rng.randint(0, 30)))
+        fast = align_batch(t_seqs, s_seqs, teacher, student)
+        for t_ids, s_ids, pairs in zip(t_seqs, s_seqs, fast, strict=True):
+            assert [tuple(p) for p in pairs.tolist()] == exact_alignment(t_ids, s_ids, teacher, student)
+
+
+def _coinciding_student_tokens(text: str, teacher, student) -> tuple[set[int], int]:
+    """Student positions whose span of non-space characters equals a teacher token's, from the tokenizers' own
+    character offsets (independent of canonical bytes). Spans shared by several tokens of one side (pieces of one
+    multi-byte character) are not comparable by characters and are left out."""
+    nonspace_before = np.concatenate([[0], np.cumsum([c != " " for c in text])])
+
+    def spans(tok) -> list[tuple[int, int] | None]:
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        stripped = [(int(nonspace_before[a]), int(nonspace_before[b])) for a, b in offsets]
+        counts = {s: stripped.count(s) for s in stripped}
+        return [s if s[1] > s[0] and counts[s] == 1 else None for s in stripped]
+
+    teacher_spans = {s for s in spans(teacher) if s is not None}
+    student_spans = spans(student)
+    return {j for j, s in enumerate(student_spans) if s in teacher_spans}, len(student_spans)
+
+
+def _check_ratio_bound(teacher, student, texts: list[str]) -> float:
+    covered = expected = total = aligned = 0
+    for text in texts:
+        coinciding, n_student = _coinciding_student_tokens(text, teacher, student)
+        t_ids, s_ids = encode(teacher, text), encode(student, text)
+        assert len(s_ids) == n_student
+        pairs = align_batch([t_ids], [s_ids], teacher, student)[0]
+        aligned_students = set(pairs[:, 1].tolist())
+        covered += len(coinciding & aligned_students)
+        expected += len(coinciding)
+        aligned += len(aligned_students)
+        total += n_student
+    assert expected > 0.3 * total  # enough shared boundaries for the bound to mean something
+    assert covered >= 0.9 * expected, (covered, expected)
+    assert aligned >= 0.9 * expected
+    return aligned / total
+
+
+def test_alignment_ratio_across_families(byte_level, sentencepiece):
+    texts = [random_text(random.Random(5000 + k), 60) for k in range(30)]
+    ratio = _check_ratio_bound(byte_level, sentencepiece, texts)
+    assert ratio > 0.3  # this SentencePiece fixture merges across tabs and newlines, so fewer boundaries coincide
+    _check_ratio_bound(sentencepiece, byte_level, texts)
+
+
+def test_eta_teacher_index_on_label_rows(byte_level, sentencepiece):
+    texts = TEXTS[:6]
+    t_rows, s_rows, expected = [], [], []
+    for k, text in enumerate(texts):  # prompt (ignored) + response labels + EOS, right-padded
+        t_resp = encode(byte_level, text) + [byte_level.eos_token_id]
+        s_resp = encode(sentencepiece, text) + [sentencepiece.eos_token_id]
+        t_rows.append([-100] * (k + 2) + t_resp)
+        s_rows.append([-100] * (3 * k) + s_resp)
+        expected.append(
+            [(k + 2 + i, 3 * k + j) for i, j in exact_alignment(t_resp, s_resp, byte_level, sentencepiece)]
+        )
+    pad = lambda rows: np.array([r + [-100] * (max(map(len, rows)) - len(r)) for r in rows])  # noqa: E731
+    t_labels, s_labels = pad(t_rows), pad(s_rows)
+    index = eta_teacher_index(t_labels, s_labels, byte_level, sentencepiece)
+    assert index.shape == s_labels.shape and index.dtype == np.int64
+    for row, pairs in enumerate(expected):
+        got = [(int(index[row, j]), j) for j in np.nonzero(index[row] >= 0)[0]]
+        assert got == pairs
+        assert (index[row][s_labels[row] == -100] == -1).all()
+        assert index[row, len(s_rows[row]) - 1] == len(t_rows[row]) - 1  # EOS ↔ EOS
+    single = eta_teacher_index(t_labels[0], s_labels[0], byte_level, sentencepiece)
+    assert single.tolist() == index[0].tolist()
+    assert 0.5 < alignment_ratio(index, s_labels) <= 1.0
+
+
+# ---------------------------------------------------------------- MinED
+
+
+def _symbols(tok, token_id: int, side: str) -> tuple:
+    data = token_bytes_table(tok)[token_id]
+    if data is None:
+        role = token_table(tok).roles.get(token_id, "unused")
+        return ((side, token_id),) if role in ("unk", "unused") else (("special", role),)
+    return tuple(data.replace(b" ", b""))
+
+
+def _levenshtein(a: tuple, b: tuple) -> int:
+    previous = list(range(len(b) + 1))
+    for x, ca in enumerate(a, 1):
+        current = [x]
+        for y, cb in enumerate(b, 1):
+            current.append(min(previous[y - 1] + (ca != cb), previous[y] + 1, current[y - 1] + 1))
+        previous = current
+    return previous[-1]
+
+
+def _reference_mined(t_ids, s_ids, teacher, student) -> tuple[list[int], int]:
+    """Plain DP, same costs and tie order as documented in `mined.py`."""
+    a = [_symbols(teacher, i, "teacher") for i in t_ids]
+    b = [_symbols(student, j, "student") for j in s_ids]
+    n, m = len(a), len(b)
+    cost = [[0] * (m + 1) for _ in range(n + 1)]
+    move = [[""] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        cost[i][0], move[i][0] = cost[i - 1][0] + len(a[i - 1]) + 1, "up"
+    for j in range(1, m + 1):
+        cost[0][j], move[0][j] = cost[0][j - 1] + len(b[j - 1]) + 1, "left"
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            options = [
+                (cost[i - 1][j - 1] + _levenshtein(a[i - 1], b[j - 1]), 0, "diag"),
+                (cost[i - 1][j] + len(a[i - 1]) + 1, 1, "up"),
+                (cost[i][j - 1] + len(b[j - 1]) + 1, 2, "left"),
+            ]
+            cost[i][j], _, move[i][j] = min(options)
+    paired, i, j = [-1] * m, n, m
+    while i > 0 and j > 0:
+        if move[i][j] == "diag":
+            paired[j - 1] = i - 1
+            i, j = i - 1, j - 1
+        elif move[i][j] == "up":
+            i -= 1
+        else:
+            j -= 1
+    return paired, cost[n][m]
+
+
+def test_mined_matches_reference_dp(byte_level, sentencepiece):
+    rng = random.Random(1)
+    aligner = mined_aligner(byte_level, sentencepiece)
+    cases = [
+        (_random_ids(rng, byte_level, rng.randint(0, 9)), _random_ids(rng, sentencepiece, rng.randint(0, 9)))
+    ]
+    for _ in range(40):
+        text = random_text(rng, rng.randint(1, 6))
+        cases.append((encode(byte_level, text), encode(sentencepiece, text)))
+        cases.append(
+            (
+                _random_ids(rng, byte_level, rng.randint(0, 9)),
+                _random_ids(rng, sentencepiece, rng.randint(0, 9)),
+            )
+        )
+    for t_ids, s_ids in cases:
+        paired, cost = aligner.align(t_ids, s_ids)
+        assert (paired.tolist(), cost) == _reference_mined(t_ids, s_ids, byte_level, sentencepiece)
+
+
+def test_mined_identical_and_index_rows(byte_level, sentencepiece):
+    ids = encode(sentencepiece, TEXTS[0]) + [sentencepiece.eos_token_id]
+    assert mined_alignment(ids, ids, sentencepiece, sentencepiece).tolist() == list(range(len(ids)))
+    t_resp = encode(byte_level, TEXTS[1]) + [byte_level.eos_token_id]
+    s_resp = encode(sentencepiece, TEXTS[1]) + [sentencepiece.eos_token_id]
+    t_labels = np.array([[-100, -100, *t_resp]])
+    s_labels = np.array([[-100, *s_resp, -100, -100]])
+    index = mined_teacher_index(t_labels, s_labels, byte_level, sentencepiece)
+    paired = mined_alignment(t_resp, s_resp, byte_level, sentencepiece)
+    expected = [-1] + [p + 2 if p >= 0 else -1 for p in paired.tolist()] + [-1, -1]
+    assert index.tolist() == [expected]
+    assert index[0, len(s_resp)] == len(t_resp) + 1  # EOS ↔ EOS
+    # Exactly aligned positions are a subset of what MinED pairs on this text.
+    eta = eta_teacher_index(t_labels, s_labels, byte_level, sentencepiece)
+    agree = (eta >= 0) & (index == eta)
+    assert agree.sum() >= 0.9 * (eta >= 0).sum()
