@@ -32,7 +32,6 @@ from dskd_core.alignment import (
     tokenization_identical,
     vocab_overlap,
 )
-from dskd_core.alignment.exact import alignment_unit
 
 WORDS = [
     "café", "crème", "brûlée", "für", "Müller", "über", "niño", "año", "señor", "naïve", "the", "quick",
@@ -273,7 +272,7 @@ def test_exact_alignment_hand_cases(teacher_pieces, student_pieces, expected):
 
 def test_exact_alignment_identical_tokenizers(byte_level, sentencepiece):
     for tok in (byte_level, sentencepiece):
-        seqs = [encode(tok, text) + [tok.eos_token_id] for text in TEXTS]
+        seqs = [[*encode(tok, text), tok.eos_token_id] for text in TEXTS]
         for ids, pairs in zip(seqs, align_batch(seqs, seqs, tok, tok), strict=True):
             assert pairs.tolist() == [[k, k] for k in range(len(ids))]
             assert exact_alignment(ids, ids, tok, tok) == [(k, k) for k in range(len(ids))]
@@ -295,8 +294,8 @@ def test_fast_alignment_equals_two_pointer(byte_level, sentencepiece):
     ):
         t_seqs, s_seqs = [], []
         for text in TEXTS + [random_text(rng, rng.randint(1, 80)) for _ in range(60)]:
-            t_seqs.append(encode(teacher, text) + [teacher.eos_token_id])
-            s_seqs.append(encode(student, text) + [student.eos_token_id])
+            t_seqs.append([*encode(teacher, text), teacher.eos_token_id])
+            s_seqs.append([*encode(student, text), student.eos_token_id])
         for _ in range(60):  # unrelated sequences: the equivalence does not rely on the texts being equal
             t_seqs.append(_random_ids(rng, teacher, rng.randint(0, 30)))
             s_seqs.append(_random_ids(rng, student, rng.randint(0, 30)))
@@ -343,7 +342,9 @@ def _check_ratio_bound(teacher, student, texts: list[str]) -> float:
 def test_alignment_ratio_across_families(byte_level, sentencepiece):
     texts = [random_text(random.Random(5000 + k), 60) for k in range(30)]
     ratio = _check_ratio_bound(byte_level, sentencepiece, texts)
-    assert ratio > 0.3  # this SentencePiece fixture merges across tabs and newlines, so fewer boundaries coincide
+    assert (
+        ratio > 0.3
+    )  # this SentencePiece fixture merges across tabs and newlines, so fewer boundaries coincide
     _check_ratio_bound(sentencepiece, byte_level, texts)
 
 
@@ -351,8 +352,8 @@ def test_eta_teacher_index_on_label_rows(byte_level, sentencepiece):
     texts = TEXTS[:6]
     t_rows, s_rows, expected = [], [], []
     for k, text in enumerate(texts):  # prompt (ignored) + response labels + EOS, right-padded
-        t_resp = encode(byte_level, text) + [byte_level.eos_token_id]
-        s_resp = encode(sentencepiece, text) + [sentencepiece.eos_token_id]
+        t_resp = [*encode(byte_level, text), byte_level.eos_token_id]
+        s_resp = [*encode(sentencepiece, text), sentencepiece.eos_token_id]
         t_rows.append([-100] * (k + 2) + t_resp)
         s_rows.append([-100] * (3 * k) + s_resp)
         expected.append(
@@ -445,10 +446,10 @@ def test_mined_matches_reference_dp(byte_level, sentencepiece):
 
 
 def test_mined_identical_and_index_rows(byte_level, sentencepiece):
-    ids = encode(sentencepiece, TEXTS[0]) + [sentencepiece.eos_token_id]
+    ids = [*encode(sentencepiece, TEXTS[0]), sentencepiece.eos_token_id]
     assert mined_alignment(ids, ids, sentencepiece, sentencepiece).tolist() == list(range(len(ids)))
-    t_resp = encode(byte_level, TEXTS[1]) + [byte_level.eos_token_id]
-    s_resp = encode(sentencepiece, TEXTS[1]) + [sentencepiece.eos_token_id]
+    t_resp = [*encode(byte_level, TEXTS[1]), byte_level.eos_token_id]
+    s_resp = [*encode(sentencepiece, TEXTS[1]), sentencepiece.eos_token_id]
     t_labels = np.array([[-100, -100, *t_resp]])
     s_labels = np.array([[-100, *s_resp, -100, -100]])
     index = mined_teacher_index(t_labels, s_labels, byte_level, sentencepiece)
@@ -460,3 +461,37 @@ def test_mined_identical_and_index_rows(byte_level, sentencepiece):
     eta = eta_teacher_index(t_labels, s_labels, byte_level, sentencepiece)
     agree = (eta >= 0) & (index == eta)
     assert agree.sum() >= 0.9 * (eta >= 0).sum()
+
+
+# ---------------------------------------------------------------- the toy world's own tokenizers
+
+
+@pytest.fixture(scope="module")
+def toy_pair():
+    toy = importlib.import_module("dskd_core.toy.tokenizers")  # built by the toy world; must exist
+    return toy.train_byte_level_bpe(CORPUS, 600), toy.train_sentencepiece_bpe(CORPUS, 700, alphabet_size=60)
+
+
+def test_toy_tokenizers(toy_pair):
+    teacher, student = toy_pair
+    assert token_table(teacher).convention is Convention.BYTE_LEVEL
+    assert token_table(student).convention is Convention.SENTENCEPIECE
+    for text in TEXTS:
+        assert canonical_text_bytes(teacher, encode(teacher, text)) == text.encode("utf-8")
+        # This student prepends "▁" in its normaliser (Llama-2 legacy): one dummy space, always.
+        assert canonical_text_bytes(student, encode(student, text)) == b" " + text.encode("utf-8")
+    rng = random.Random(7)
+    texts = [random_text(rng, 50) for _ in range(20)]
+    t_seqs = [[*encode(teacher, text), teacher.eos_token_id] for text in texts]
+    s_seqs = [[*encode(student, text), student.eos_token_id] for text in texts]
+    for t_ids, s_ids, pairs in zip(
+        t_seqs, s_seqs, align_batch(t_seqs, s_seqs, teacher, student), strict=True
+    ):
+        assert [tuple(p) for p in pairs.tolist()] == exact_alignment(t_ids, s_ids, teacher, student)
+        assert tuple(pairs[-1]) == (len(t_ids) - 1, len(s_ids) - 1)  # EOS ↔ EOS
+    assert _check_ratio_bound(teacher, student, texts) >= 0.5
+    mapping = build_vocab_map(teacher, student)
+    assert mapping[teacher.eos_token_id] == student.eos_token_id
+    assert student.unk_token_id not in mapping.tolist()
+    report = vocab_overlap(teacher, student)
+    assert not report.identical and 0 < report.student_fraction < 1
