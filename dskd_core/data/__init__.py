@@ -18,7 +18,7 @@ from dskd_core.data.build import (
     default_aligners,
     split_records,
 )
-from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_example, response_span
+from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_example, encode_examples, response_span
 from dskd_core.data.records import DataError, FieldNames, Record, load_records, parse_record, split_dev
 from dskd_core.data.templates import format_prompt, prompt_with_context
 
@@ -38,6 +38,7 @@ __all__ = [
     "build_datasets",
     "default_aligners",
     "encode_example",
+    "encode_examples",
     "epoch_order",
     "format_prompt",
     "load_records",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dskd_core.data.batching import Collator, TokenizedDataset
-from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_example
+from dskd_core.data.encode import IGNORE_INDEX, adds_bos, encode_examples
 from dskd_core.data.records import DataError, FieldNames, Record, load_records, read_records, split_dev
 from dskd_core.data.templates import format_prompt
 from dskd_core.spec import JobSpec
@@ -34,7 +34,7 @@ DEV_SPLITS = ("validation", "dev", "valid", "test")
 # label position the aligned teacher label position, else -1.
 AlignFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-ALIGN_CHUNK = 256  # examples per alignment call: vectorised over the chunk, bounded memory
+ENCODE_CHUNK = 512  # examples per tokenizer/alignment call: vectorised over the chunk, bounded memory
 
 
 def default_aligners(
@@ -92,19 +92,21 @@ class Encoder:
     def encode(self, record: Record) -> dict[str, list[int]] | None:
         """One example's lists (with alignment indices in dual mode), or None when truncation leaves no
         response label on either side."""
-        example = self._tokenize(record)
-        if example is not None:
-            self._add_alignments([example])
-        return example
+        return self.encode_many([record])[0]
+
+    def encode_many(self, records: Sequence[Record]) -> list[dict[str, list[int]] | None]:
+        """`encode` over many records: tokenised and aligned per chunk of `ENCODE_CHUNK`."""
+        out: list[dict[str, list[int]] | None] = []
+        for begin in range(0, len(records), ENCODE_CHUNK):
+            chunk = self._tokenize(records[begin : begin + ENCODE_CHUNK])
+            self._add_alignments([ex for ex in chunk if ex is not None])
+            out += chunk
+        return out
 
     def dataset(self, records: Sequence[Record], *, name: str = "data") -> TokenizedDataset:
         """Tokenise every record once; examples without a response label are dropped, counted and logged."""
-        examples, kept = [], []
-        for i, record in enumerate(records):
-            example = self._tokenize(record)
-            if example is not None:
-                examples.append(example)
-                kept.append(i)
+        encoded = self.encode_many(records)
+        kept = [i for i, ex in enumerate(encoded) if ex is not None]
         dropped = len(records) - len(kept)
         if dropped:
             log.warning(
@@ -113,28 +115,30 @@ class Encoder:
                 dropped,
                 len(records),
             )
-        if not examples:
+        if not kept:
             raise DataError(
                 f"{name}: every example lost its response to truncation; raise training.max_length"
             )
-        for begin in range(0, len(examples), ALIGN_CHUNK):
-            self._add_alignments(examples[begin : begin + ALIGN_CHUNK])
-        return TokenizedDataset(examples, kept, dropped)
+        return TokenizedDataset([encoded[i] for i in kept], kept, dropped)
 
-    def _tokenize(self, record: Record) -> dict[str, list[int]] | None:
-        student = self._encode_side(record, self.student_tokenizer, self._student_bos)
-        if student is None or self.teacher_tokenizer is None:
+    def _tokenize(self, records: Sequence[Record]) -> list[dict[str, list[int]] | None]:
+        student = self._encode_side(records, self.student_tokenizer, self._student_bos)
+        if self.teacher_tokenizer is None:
             return student
-        teacher = self._encode_side(record, self.teacher_tokenizer, self._teacher_bos)
-        if teacher is None:
-            return None
-        return {**student, "teacher_input_ids": teacher["input_ids"], "teacher_labels": teacher["labels"]}
+        teacher = self._encode_side(records, self.teacher_tokenizer, self._teacher_bos)
+        return [
+            None
+            if s is None or t is None
+            else {**s, "teacher_input_ids": t["input_ids"], "teacher_labels": t["labels"]}
+            for s, t in zip(student, teacher, strict=True)
+        ]
 
-    def _encode_side(self, record: Record, tokenizer: Any, bos: bool) -> dict[str, list[int]] | None:
-        prompt = format_prompt(record, self.template, tokenizer)
-        return encode_example(
-            prompt,
-            record.response,
+    def _encode_side(
+        self, records: Sequence[Record], tokenizer: Any, bos: bool
+    ) -> list[dict[str, list[int]] | None]:
+        return encode_examples(
+            [format_prompt(record, self.template, tokenizer) for record in records],
+            [record.response for record in records],
             tokenizer,
             max_prompt_length=self.max_prompt_length,
             max_length=self.max_length,
@@ -143,7 +147,7 @@ class Encoder:
 
     def _add_alignments(self, examples: list[dict[str, list[int]]]) -> None:
         """Adds `<name>_teacher_index` to each example, aligning a whole chunk per library call."""
-        if not self.alignments:
+        if not self.alignments or not examples:
             return
         teacher_labels = _pad_rows([ex["teacher_labels"] for ex in examples], IGNORE_INDEX)
         student_labels = _pad_rows([ex["labels"] for ex in examples], IGNORE_INDEX)

@@ -15,6 +15,7 @@ Rules, the same for every tokenizer (and so for both sides of a cross-vocabulary
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 IGNORE_INDEX = -100
@@ -35,18 +36,26 @@ def adds_bos(tokenizer: Any) -> bool:
     return with_special[:1] == [bos] and plain[:1] != [bos]
 
 
-def tokenize_pair(
-    prompt_text: str, response_text: str, tokenizer: Any, *, bos: bool | None = None
-) -> tuple[list[int], list[int]]:
-    """Untruncated (prompt ids, response ids + EOS). `bos` overrides `adds_bos(tokenizer)` (to skip re-probing)."""
+def tokenize_pairs(
+    prompt_texts: Sequence[str], response_texts: Sequence[str], tokenizer: Any, *, bos: bool | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """Untruncated (prompt ids, response ids + EOS) per pair, tokenised as one batch (the Rust tokenizer spreads a
+    batch over the cores). `bos` overrides `adds_bos(tokenizer)` (to skip re-probing)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"the tokenizer '{getattr(tokenizer, 'name_or_path', '')}' has no EOS token")
-    prompt = list(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-    if (adds_bos(tokenizer) if bos is None else bos) and prompt[:1] != [tokenizer.bos_token_id]:
-        prompt.insert(0, tokenizer.bos_token_id)
-    response = [*tokenizer(response_text, add_special_tokens=False)["input_ids"], eos]
-    return prompt, response
+    if not prompt_texts:
+        return []
+    with_bos = adds_bos(tokenizer) if bos is None else bos
+    prompts = tokenizer(list(prompt_texts), add_special_tokens=False)["input_ids"]
+    responses = tokenizer(list(response_texts), add_special_tokens=False)["input_ids"]
+    pairs = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        prompt = list(prompt)
+        if with_bos and prompt[:1] != [tokenizer.bos_token_id]:
+            prompt.insert(0, tokenizer.bos_token_id)
+        pairs.append((prompt, [*response, eos]))
+    return pairs
 
 
 def truncate(
@@ -83,19 +92,41 @@ def encode_example(
 
     `bos`: whether to put a BOS first (default: probe the tokenizer with `adds_bos`; pass it to skip the probe).
     """
-    prompt, response = tokenize_pair(prompt_text, response_text, tokenizer, bos=bos)
-    prompt, response = truncate(
-        prompt,
-        response,
+    [example] = encode_examples(
+        [prompt_text],
+        [response_text],
+        tokenizer,
         max_prompt_length=max_prompt_length,
         max_length=max_length,
-        bos_id=tokenizer.bos_token_id,
+        bos=bos,
     )
-    input_ids = prompt + response
-    labels = shifted_labels(len(prompt), input_ids)
-    if all(label == IGNORE_INDEX for label in labels):
-        return None
-    return {"input_ids": input_ids, "labels": labels}
+    return example
+
+
+def encode_examples(
+    prompt_texts: Sequence[str],
+    response_texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    max_prompt_length: int,
+    max_length: int,
+    bos: bool | None = None,
+) -> list[Encoded | None]:
+    """`encode_example` over many pairs, tokenised in one batch."""
+    out: list[Encoded | None] = []
+    for prompt, response in tokenize_pairs(prompt_texts, response_texts, tokenizer, bos=bos):
+        prompt, response = truncate(
+            prompt,
+            response,
+            max_prompt_length=max_prompt_length,
+            max_length=max_length,
+            bos_id=tokenizer.bos_token_id,
+        )
+        input_ids = prompt + response
+        labels = shifted_labels(len(prompt), input_ids)
+        has_label = any(label != IGNORE_INDEX for label in labels)
+        out.append({"input_ids": input_ids, "labels": labels} if has_label else None)
+    return out
 
 
 def response_span(labels: list[int]) -> tuple[int, list[int]]:
