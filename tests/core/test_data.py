@@ -18,6 +18,7 @@ from dskd_core.data import (
     ResumableSampler,
     build_datasets,
     encode_example,
+    encode_examples,
     epoch_order,
     format_prompt,
     load_records,
@@ -480,3 +481,24 @@ def test_default_mined_alignment(tmp_path, student_tok, teacher_tok):
     assert (
         valid.any() and (batch["teacher_labels"].gather(1, mined.clamp(min=0))[valid] != IGNORE_INDEX).all()
     )
+
+
+def test_json_array_files_and_batched_encoding_match_single(tmp_path, student_tok, teacher_tok):
+    path = tmp_path / "d.json"
+    path.write_text(
+        json.dumps([{"prompt": "P {x}", "output": "R"}, {"prompt": "Q", "output": "S", "references": ["S"]}])
+    )
+    recs = load_records(path)
+    assert [r.source for r in recs] == ["d.json record 1", "d.json record 2"] and recs[1].references == ["S"]
+    path.write_text(json.dumps({"prompt": "P"}))
+    with pytest.raises(DataError, match="list of objects"):
+        load_records(path)
+    prompts = ["What is the capital of France?", "Hi", " ".join(["sea"] * 50)]
+    responses = ["Paris.", "Hello there, the sky.", "Waves."]
+    for tok in (student_tok, teacher_tok):
+        batched = encode_examples(prompts, responses, tok, max_prompt_length=20, max_length=30)
+        single = [
+            encode_example(p, r, tok, max_prompt_length=20, max_length=30)
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        assert batched == single
