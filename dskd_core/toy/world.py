@@ -1,0 +1,368 @@
+"""Build the toy world: data splits, two tokenizer families, a trained teacher and two untrained students.
+
+Layout of a world directory:
+```
+teacher/          GPT-2 family, byte-level BPE, trained here (its vocabulary is padded to a multiple of 64)
+student/          Qwen2 family, same tokenizer as the teacher, random init, smaller hidden size
+cross_student/    Llama family, SentencePiece-style tokenizer (metaspace, byte fallback), random init
+teacher_train.jsonl  train.jsonl  dev.jsonl  test.jsonl   records {prompt, response, references, task, item}
+demo.yaml         an example job spec (DSKD, teacher → student)
+manifest.json     written last; a directory with a matching manifest is reused as is
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from dskd_core.toy import tasks
+from dskd_core.toy.tokenizers import save_tokenizer, train_byte_level_bpe, train_sentencepiece_bpe
+from dskd_core.toy.training import (
+    PROMPT_TEMPLATE,
+    TrainConfig,
+    encode,
+    exact_match_rate,
+    mean_response_loss,
+    train_causal_lm,
+)
+
+# Bump when anything that changes the built artefacts changes, so cached worlds are rebuilt.
+TOY_WORLD_VERSION = 1
+Size = Literal["full", "fast"]
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    teacher_train: int  # records the teacher is trained on (more than the student gets, as in real distillation)
+    train: int
+    dev: int
+    test: int
+    teacher_layers: int
+    teacher_hidden: int
+    student_layers: int
+    student_hidden: int
+    byte_bpe_vocab: int
+    sentencepiece_vocab: int
+    train_config: TrainConfig
+    threads: int  # torch threads while building; tiny models run faster on one thread than on two
+    quality_examples: int  # dev/test records per split for the greedy exact-match check
+
+
+CONFIGS: dict[str, WorldConfig] = {
+    "full": WorldConfig(
+        teacher_train=40_000,
+        train=8_000,
+        dev=450,
+        test=900,
+        teacher_layers=4,
+        teacher_hidden=256,
+        student_layers=2,
+        student_hidden=128,
+        byte_bpe_vocab=2000,
+        sentencepiece_vocab=1000,
+        train_config=TrainConfig(steps=900, batch_size=64, lr=1.5e-3, warmup_steps=40),
+        threads=2,
+        quality_examples=90,
+    ),
+    "fast": WorldConfig(
+        teacher_train=6_000,
+        train=1_000,
+        dev=90,
+        test=90,
+        teacher_layers=2,
+        teacher_hidden=96,
+        student_layers=2,
+        student_hidden=64,
+        byte_bpe_vocab=1200,
+        sentencepiece_vocab=800,
+        train_config=TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=20),
+        threads=1,
+        quality_examples=27,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    root: Path
+    teacher: Path
+    student: Path
+    cross_student: Path
+    train: Path
+    dev: Path
+    test: Path
+    teacher_train: Path
+    demo_spec: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, root: Path, manifest: dict[str, Any]) -> ToyWorld:
+        return cls(
+            root=root,
+            teacher=root / "teacher",
+            student=root / "student",
+            cross_student=root / "cross_student",
+            train=root / "train.jsonl",
+            dev=root / "dev.jsonl",
+            test=root / "test.jsonl",
+            teacher_train=root / "teacher_train.jsonl",
+            demo_spec=root / "demo.yaml",
+            manifest=manifest,
+        )
+
+
+def build_toy_world(
+    out_dir: str | Path,
+    *,
+    size: Size = "full",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> ToyWorld:
+    """Build (or reuse, if `out_dir` already holds the same size/seed/version) the toy world in `out_dir`."""
+    if size not in CONFIGS:
+        raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
+    root = Path(out_dir).resolve()
+    say = progress or (lambda message: None)
+    cached = _read_manifest(root)
+    if cached and (cached.get("version"), cached.get("size"), cached.get("seed")) == (TOY_WORLD_VERSION, size, seed):
+        world = ToyWorld.at(root, cached)
+        if all(p.exists() for p in (world.teacher, world.student, world.cross_student, world.train, world.dev)):
+            say(f"reusing the toy world in {root}")
+            return world
+    cfg = CONFIGS[size]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    world = ToyWorld.at(root, {})
+    started = time.perf_counter()
+    with _torch_threads(cfg.threads):
+        manifest = _build(world, cfg, size=size, seed=seed, say=say)
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    say(f"toy world ready in {root} ({manifest['build_seconds']} s)")
+    return ToyWorld.at(root, manifest)
+
+
+def _build(world: ToyWorld, cfg: WorldConfig, *, size: str, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+    say("generating the data splits")
+    splits = {
+        "teacher_train": tasks.generate(cfg.teacher_train, "train", seed=seed, stream=0),
+        "train": tasks.generate(cfg.train, "train", seed=seed, stream=1),
+        "dev": tasks.generate(cfg.dev, "dev", seed=seed, stream=0),
+        "test": tasks.generate(cfg.test, "test", seed=seed, stream=0),
+    }
+    for name, records in splits.items():
+        tasks.write_jsonl(records, world.root / f"{name}.jsonl")
+
+    say("training the tokenizers")
+    corpus = [PROMPT_TEMPLATE.format(prompt=r["prompt"]) + r["response"] for r in splits["teacher_train"]]
+    byte_tok = train_byte_level_bpe(corpus, cfg.byte_bpe_vocab)
+    sp_tok = train_sentencepiece_bpe(corpus, cfg.sentencepiece_vocab)
+
+    teacher = _teacher_model(cfg, byte_tok, seed)
+    student = _student_model("qwen2", cfg, byte_tok, seed + 1)
+    cross_student = _student_model("llama", cfg, sp_tok, seed + 2)
+
+    say(f"training the teacher ({_millions(teacher)}M parameters, {cfg.train_config.steps} steps)")
+    pad = byte_tok.pad_token_id
+    train_enc = [encode(r, byte_tok) for r in splits["teacher_train"]]
+    dev_enc = [encode(r, byte_tok) for r in splits["dev"]]
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    final_train_loss = train_causal_lm(
+        teacher,
+        train_enc,
+        cfg.train_config,
+        pad_id=pad,
+        seed=seed,
+        log=lambda step, loss, secs: say(f"teacher step {step}/{cfg.train_config.steps} loss {loss:.3f} ({secs:.0f} s)"),
+    )
+    train_seconds = time.perf_counter() - t0
+
+    say("checking the teacher against the untrained students")
+    quality = _quality(cfg, splits, teacher, student, byte_tok)
+    quality["teacher_dev_loss"] = round(mean_response_loss(teacher, dev_enc, pad), 4)
+    quality["student_dev_loss"] = round(mean_response_loss(student, dev_enc, pad), 4)
+    quality["teacher_final_train_loss"] = round(final_train_loss, 4)
+    say(
+        f"teacher dev loss {quality['teacher_dev_loss']:.3f} (untrained student {quality['student_dev_loss']:.3f}), "
+        f"dev exact match {quality['teacher_dev_exact_match']['all']:.2f} "
+        f"(untrained student {quality['student_dev_exact_match']['all']:.2f})"
+    )
+
+    for model, tok, path in (
+        (teacher, byte_tok, world.teacher),
+        (student, byte_tok, world.student),
+        (cross_student, sp_tok, world.cross_student),
+    ):
+        shutil.rmtree(path, ignore_errors=True)
+        model.save_pretrained(str(path))
+        save_tokenizer(tok, path)
+    _write_demo_spec(world, size)
+
+    return {
+        "version": TOY_WORLD_VERSION,
+        "size": size,
+        "seed": seed,
+        "prompt_template": PROMPT_TEMPLATE,
+        "splits": {name: {"path": f"{name}.jsonl", "records": len(r)} for name, r in splits.items()},
+        "tasks": sorted(tasks.TASKS),
+        "models": {
+            "teacher": _describe(teacher, byte_tok, "teacher", trained=True),
+            "student": _describe(student, byte_tok, "student", trained=False),
+            "cross_student": _describe(cross_student, sp_tok, "cross_student", trained=False),
+        },
+        "teacher_training": {
+            **{k: v for k, v in vars(cfg.train_config).items()},
+            "threads": cfg.threads,
+            "seconds": round(train_seconds, 1),
+        },
+        "quality": quality,
+        "demo_spec": "demo.yaml",
+    }
+
+
+def _teacher_model(cfg: WorldConfig, tok, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=_padded(len(tok)),  # padded like real checkpoints: logits beyond len(tokenizer) are never used
+        n_positions=256,
+        n_embd=cfg.teacher_hidden,
+        n_layer=cfg.teacher_layers,
+        n_head=max(2, cfg.teacher_hidden // 64),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _with_generation_ids(GPT2LMHeadModel(config), tok)
+
+
+def _student_model(family: Literal["qwen2", "llama"], cfg: WorldConfig, tok, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    config = config_cls(
+        vocab_size=len(tok),
+        hidden_size=cfg.student_hidden,
+        intermediate_size=cfg.student_hidden * 3,
+        num_hidden_layers=cfg.student_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.eval()
+    return _with_generation_ids(model, tok)
+
+
+def _with_generation_ids(model, tok):
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def _quality(cfg: WorldConfig, splits: dict[str, list[tasks.Record]], teacher, student, tok) -> dict[str, Any]:
+    """Greedy exact match on the first records of dev and test (tasks cycle, so every family is represented)."""
+    out: dict[str, Any] = {"examples_per_split": cfg.quality_examples}
+    for split in ("dev", "test"):
+        sample = _balanced(splits[split], cfg.quality_examples)
+        out[f"teacher_{split}_exact_match"] = _rounded(exact_match_rate(teacher, tok, sample))
+        out[f"student_{split}_exact_match"] = _rounded(exact_match_rate(student, tok, sample))
+    return out
+
+
+def _balanced(records: list[tasks.Record], n: int) -> list[tasks.Record]:
+    per_task = max(1, n // len(tasks.TASKS))
+    picked: dict[str, list[tasks.Record]] = {}
+    for r in records:
+        if len(picked.setdefault(r["task"], [])) < per_task:
+            picked[r["task"]].append(r)
+    return [r for group in picked.values() for r in group]
+
+
+def _write_demo_spec(world: ToyWorld, size: str) -> None:
+    from dskd_core.spec import JobSpec
+
+    spec = {
+        "name": f"toy-{size}-dskd-demo",
+        "teacher": {"name_or_path": "teacher"},
+        "student": {"name_or_path": "student"},
+        "data": {"path": "train.jsonl", "dev_path": "dev.jsonl", "prompt_template": PROMPT_TEMPLATE},
+        "distill": {"method": "dskd", "divergence": "fkl", "kd_rate": 0.5, "temperature": 1.0},
+        "training": {
+            "max_steps": 40,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "max_prompt_length": 64,
+            "max_length": 128,
+            "eval_interval": 20,
+            "seed": 0,
+        },
+    }
+    JobSpec.model_validate(spec)  # fail the build, not the demo, if the spec and the schema disagree
+    world.demo_spec.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+
+
+def _describe(model, tok, directory: str, *, trained: bool) -> dict[str, Any]:
+    c = model.config
+    return {
+        "path": directory,
+        "family": c.model_type,
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "vocab_size": c.vocab_size,
+        "tokenizer_size": len(tok),
+        "tokenizer": "byte-level BPE" if tok.bos_token == "<|endoftext|>" else "SentencePiece-style BPE",
+        "parameters_millions": _millions(model),
+        "trained": trained,
+    }
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _padded(n: int, multiple: int = 64) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _millions(model) -> float:
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
+
+
+def _rounded(rates: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in rates.items()}
