@@ -56,6 +56,7 @@ class EventHub:
         self._poll_interval = poll_interval
         self._watches: dict[str, _Watch] = {}
         self._poller: asyncio.Task[None] | None = None
+        self.pollers_started = 0  # observability (and the test that subscribers share one poller)
 
     # -- database reads, run in worker threads -------------------------------------------------
     def _read(self, fn: Callable[[Session], Any]) -> Any:
@@ -93,6 +94,7 @@ class EventHub:
         self._watches[job_id].subscribers.add(subscriber)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
+            self.pollers_started += 1
         try:
             yield subscriber
         finally:
@@ -163,6 +165,9 @@ class EventHubs:
         self._session_factory = session_factory
         self._poll_interval = poll_interval
         self._hubs: dict[int, EventHub] = {}
+
+    def current_hubs(self) -> list[EventHub]:
+        return list(self._hubs.values())
 
     def current(self) -> EventHub:
         key = id(asyncio.get_running_loop())
