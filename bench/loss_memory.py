@@ -6,6 +6,8 @@
 naive:   full fp32 logits [N, V] for student and teacher, log_softmax, divergence, mean (the textbook form).
 chunked: `dskd_core.reduce.kd_loss_from_hidden` — logits exist one chunk of positions at a time, and the
          backward pass recomputes each chunk (activation checkpointing).
+fused:   `dskd_core.reduce.fused_kd_loss_from_hidden` — same chunks, but each chunk's gradient is folded into
+         the hidden/head gradients during the forward pass (loss weights known up front): no recomputation.
 
 Peak memory = the highest number of bytes held by live torch CPU tensors during forward+backward, above what was
 live before the step. It is counted exactly from the allocator's alloc/free events recorded by torch.profiler
@@ -33,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dskd_core.losses import divergence
-from dskd_core.reduce import kd_loss_from_hidden, safe_div
+from dskd_core.reduce import fused_kd_loss_from_hidden, kd_loss_from_hidden, safe_div
 
 KD_RATE = 0.5
 TAU = 2.0
@@ -69,9 +71,27 @@ def chunked_step(x: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
     return loss.detach()
 
 
+def fused_step(x: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor:
+    n = x["labels"].numel()
+    loss = fused_kd_loss_from_hidden(
+        x["h_s"],
+        x["w_s"],
+        x["labels"],
+        x["h_t"],
+        x["w_t"],
+        ce_weight=(1 - KD_RATE) / n,
+        kd_weight=KD_RATE / n,
+        temperature=TAU,
+        chunk_size=chunk_size,
+    )
+    loss.backward()
+    return loss.detach()
+
+
 PATHS: dict[str, Callable[[dict[str, torch.Tensor], int], torch.Tensor]] = {
     "naive": naive_step,
     "chunked": chunked_step,
+    "fused": fused_step,
 }
 
 
@@ -180,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
     header = f"{'path':8} {'V':>7} {'peak GiB':>9} {'rss GiB':>9} {'time s':>8} {'loss':>10} {'|grad h|':>10}"
     print(header)
     for vocab in args.vocab:
-        for path in ("naive", "chunked"):
+        for path in PATHS:
             r = measure(path, args.n, args.d, vocab, args.chunk_size, args.repeats)
             rows.append(r)
             print(
@@ -188,14 +208,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
                 f"{r['seconds']:8.3f} {r['loss']:10.5f} {r['grad_norm']:10.5f}"
             )
     for vocab in args.vocab:
-        naive, chunked = (
-            next(r for r in rows if r["vocab"] == vocab and r["path"] == p) for p in ("naive", "chunked")
-        )
-        print(
-            f"V={vocab}: chunked/naive peak = {chunked['peak_bytes'] / naive['peak_bytes']:.3f}, "
-            f"time = {chunked['seconds'] / naive['seconds']:.3f}, "
-            f"|Δloss| = {abs(chunked['loss'] - naive['loss']):.2e}"
-        )
+        naive = next(r for r in rows if r["vocab"] == vocab and r["path"] == "naive")
+        for other in ("chunked", "fused"):
+            r = next(r for r in rows if r["vocab"] == vocab and r["path"] == other)
+            print(
+                f"V={vocab}: {other}/naive peak = {r['peak_bytes'] / naive['peak_bytes']:.3f}, "
+                f"time = {r['seconds'] / naive['seconds']:.3f}, |Δloss| = {abs(r['loss'] - naive['loss']):.2e}, "
+                f"|Δ|grad h|| = {abs(r['grad_norm'] - naive['grad_norm']):.2e}"
+            )
     return rows
 
 

@@ -124,3 +124,95 @@ def kd_loss_from_hidden(
     sums = chunked_sum(chunk_sums, h_s, h_t, targets, chunk_size=chunk_size)
     count = torch.tensor([float(targets.numel())], dtype=sums.dtype, device=sums.device)
     return torch.cat([sums, count])
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """Weighted CE + KD from hidden states whose gradient is formed chunk by chunk during the forward pass.
+
+    Each chunk's logits get their gradient from a local autograd pass, which is folded at once into the gradients
+    of the hidden states and the head (two matmuls); the backward pass only scales them. No chunk is recomputed,
+    so this does the naive form's four matmuls with the chunked form's memory.
+    """
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, h_t, w_t, targets, cfg):  # type: ignore[override]
+        limit = w_s.shape[0] if cfg["vocab_limit"] is None else cfg["vocab_limit"]
+        grad_h = torch.zeros_like(h_s) if h_s.requires_grad else None
+        grad_w = torch.zeros_like(w_s) if w_s.requires_grad else None
+        total = h_s.new_zeros((), dtype=torch.float64 if h_s.dtype == torch.float64 else torch.float32)
+        for start in range(0, h_s.shape[0], cfg["chunk_size"]):
+            rows = slice(start, start + cfg["chunk_size"])
+            h_chunk = h_s[rows]
+            with torch.enable_grad():
+                logits = head_logits(h_chunk.detach(), w_s.detach(), limit).requires_grad_()
+                loss = cfg["ce_weight"] * F.cross_entropy(logits, targets[rows], reduction="sum")
+                if h_t is not None and cfg["kd_weight"] != 0.0:
+                    teacher_logits = head_logits(h_t[rows], w_t, limit)
+                    kd = divergence(
+                        cfg["name"], logits, teacher_logits, temperature=cfg["temperature"], **cfg["params"]
+                    )
+                    loss = loss + cfg["kd_weight"] * kd.sum()
+                (g_logits,) = torch.autograd.grad(loss, logits)
+            total += loss.detach()
+            if grad_h is not None:
+                grad_h[rows] = (g_logits @ w_s[:limit].to(g_logits.dtype)).to(grad_h.dtype)
+            if grad_w is not None:
+                grad_w[:limit] += (g_logits.T @ h_chunk.to(g_logits.dtype)).to(grad_w.dtype)
+        ctx.save_for_backward(grad_h, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        return (
+            None if grad_h is None else grad_h * grad_total.to(grad_h.dtype),
+            None if grad_w is None else grad_w * grad_total.to(grad_w.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def fused_kd_loss_from_hidden(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    labels: Tensor,
+    teacher_hidden: Tensor | None = None,
+    teacher_head: Tensor | None = None,
+    *,
+    ce_weight: float,
+    kd_weight: float,
+    divergence_name: str = "fkl",
+    temperature: float = 1.0,
+    vocab_limit: int | None = None,
+    chunk_size: int = 1024,
+    ignore_index: int = IGNORE_INDEX,
+    **divergence_params: float,
+) -> Tensor:
+    """Scalar `ce_weight·CE_sum + kd_weight·KD_sum`, the same value as weighting `kd_loss_from_hidden`'s sums.
+
+    For when the weights are known before the forward pass (they are: kd_rate and the step's token counts), this
+    avoids the checkpointed form's recomputation. Gradients reach `student_hidden` and `student_head` only; the
+    teacher side is treated as a constant.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if teacher_hidden is not None and teacher_head is None:
+        raise ValueError("teacher_hidden given without teacher_head")
+    mask = valid_mask(labels, ignore_index)
+    targets = labels[mask]
+    if vocab_limit is not None and targets.numel() and int(targets.max()) >= vocab_limit:
+        raise ValueError(f"a label is >= vocab_limit={vocab_limit}")
+    h_t = None if teacher_hidden is None else teacher_hidden[mask].detach()
+    w_t = None if teacher_head is None else teacher_head.detach()
+    cfg = {
+        "ce_weight": float(ce_weight),
+        "kd_weight": float(kd_weight),
+        "name": divergence_name,
+        "temperature": temperature,
+        "vocab_limit": vocab_limit,
+        "chunk_size": chunk_size,
+        "params": divergence_params,
+    }
+    return _FusedHeadLoss.apply(student_hidden[mask], student_head, h_t, w_t, targets, cfg)

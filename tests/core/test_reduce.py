@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from dskd_core.losses import divergence
 from dskd_core.reduce import (
     chunked_sum,
+    fused_kd_loss_from_hidden,
     gather_valid,
     head_logits,
     kd_loss_from_hidden,
@@ -219,9 +220,28 @@ def test_bf16_hidden_states_give_fp32_logits():
     torch.testing.assert_close(z, h.float() @ w[:3].float().T)
 
 
+@pytest.mark.slow  # the profiler's first start alone takes seconds
 def test_bench_quick_mode_runs():
     from bench.loss_memory import main
 
     rows = main(["--quick"])
-    assert {r["path"] for r in rows} == {"naive", "chunked"}
+    assert {r["path"] for r in rows} == {"naive", "chunked", "fused"}
     assert all(r["peak_bytes"] > 0 and r["seconds"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(("name", "chunk_size"), [("fkl", 3), ("akl", 5), ("js", 64)])
+def test_fused_loss_matches_weighted_chunked_sums(name, chunk_size):
+    h_s, w_s, h_t, w_t, labels = _setup()
+    kw = {"divergence_name": name, "temperature": 2.0, "vocab_limit": V_REAL, "chunk_size": chunk_size}
+    sums = kd_loss_from_hidden(h_s, w_s, labels, h_t, w_t, **kw)
+    want = 0.25 * sums[0] + 0.75 * sums[1]
+    want_grads = torch.autograd.grad(3.0 * want, (h_s, w_s))
+    got = fused_kd_loss_from_hidden(h_s, w_s, labels, h_t, w_t, ce_weight=0.25, kd_weight=0.75, **kw)
+    got_grads = torch.autograd.grad(3.0 * got, (h_s, w_s))  # the upstream gradient scales the stored one
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
+    labels[:] = -100
+    empty = fused_kd_loss_from_hidden(h_s, w_s, labels, h_t, w_t, ce_weight=0.25, kd_weight=0.75, **kw)
+    assert empty.item() == 0.0
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in torch.autograd.grad(empty, (h_s, w_s)))
