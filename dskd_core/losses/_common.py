@@ -53,8 +53,9 @@ def log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
 
 
 def check_unit_interval(name: str, value: float, *, allow_zero: bool = True) -> float:
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low_ok and value <= 1.0):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    in_range = is_number and (value >= 0.0 if allow_zero else value > 0.0) and value <= 1.0
+    if not in_range:
         bound = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
     return float(value)

@@ -172,8 +172,8 @@ def test_reverse_kl_is_inf_not_nan_where_target_is_zero_under_student_mass(name)
 def test_shared_zero_columns_are_ignored_with_finite_gradients(name):
     s, t = _with_teacher_zeros()
     s[t.isinf()] = -INF
-    s[2, 5] = -INF  # a student-only zero: harmless for every divergence but fkl/akl if p > 0 there
-    if name in ("fkl", "akl", "skl"):
+    s[2, 5] = -INF  # a student-only zero
+    if name in ("fkl", "akl"):  # q = 0 under p > 0 makes these +inf, truly
         s[2, 5] = 0.0
     s, t = s.requires_grad_(), t.requires_grad_()
     got = divergence(name, s, t)
@@ -286,6 +286,7 @@ def test_unknown_name_lists_the_choices():
         ("skl", {"skew_lambda": -0.1}, "skew_lambda"),
         ("srkl", {"skew_lambda": float("nan")}, "skew_lambda"),
         ("akl", {"alpha": 0.0}, r"alpha must be a number in \(0, 1\]"),
+        ("akl", {"alpha": "0.5"}, "alpha"),
     ],
 )
 def test_bad_parameters_raise(name, params, match):
