@@ -5,6 +5,10 @@ no `[N, V]` tensor of the whole step exists: `chunked_sum` evaluates that functi
 activation checkpointing (the backward pass recomputes each chunk), and sums the chunks' outputs. Each sum is
 divided once by the token count of the whole optimisation step (`safe_div`), so the per-token mean does not
 depend on how the step was split into micro-batches.
+
+`kd_loss_from_hidden` is the ready-made CE + divergence for one pair of heads on `chunked_sum`;
+`fused_kd_loss_from_hidden` gives the same weighted loss without recomputation when the weights are known
+before the forward pass (bench/loss_memory.py compares the three forms).
 """
 
 from __future__ import annotations
