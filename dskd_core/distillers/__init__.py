@@ -1,7 +1,16 @@
 """Distillation methods, one file each, registered into a closed registry (see base.py)."""
 
 # Importing a method's module registers it.
-from dskd_core.distillers import dskd, sft, vanilla_kd  # noqa: F401
+from dskd_core.distillers import (  # noqa: F401
+    dskd,
+    dskd_cma,
+    dskd_eta,
+    mined,
+    sft,
+    shared_vocab_kd,
+    uld,
+    vanilla_kd,
+)
 from dskd_core.distillers.base import (
     DistillContext,
     Distiller,
