@@ -5,6 +5,7 @@ plus the lease keeper that renews the job's lease while the engine runs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.services import events as event_service
 from api.services import jobs as job_service
+from dskd_core.errors import NonFiniteLossError
 from dskd_core.progress import ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,18 @@ class DbProgressSink:
         self._clock = clock
         self._started = clock()
         self._last_written = -float("inf")
+        # (step, time) of the first step event of this run: a resumed run's rate counts only its own steps.
+        self._rate_origin: tuple[int, float] | None = None
         self.last_metrics: dict[str, float] = {}
 
     def emit(self, event: ProgressEvent) -> None:
         now = self._clock()
+        if event.type == "started":
+            self._rate_origin = (event.step, now)  # after model loading, at the resumed step
+        elif event.type == "step":
+            _check_finite(event)
+            if self._rate_origin is None:
+                self._rate_origin = (event.step - 1, self._started)
         if event.metrics:
             self.last_metrics = {**self.last_metrics, **event.metrics}
         is_last_step = event.type == "step" and event.total_steps and event.step >= event.total_steps
@@ -60,7 +70,7 @@ class DbProgressSink:
             "epoch": round(event.epoch, 4),
             "metrics": event.metrics,
             "elapsed_seconds": round(elapsed, 2),
-            "eta_seconds": _eta(elapsed, event.step, event.total_steps),
+            "eta_seconds": self._eta(now, event.step, event.total_steps),
         }
         if event.message:
             payload["message"] = event.message
@@ -76,11 +86,24 @@ class DbProgressSink:
     def emit_log(self, message: str) -> None:
         self.emit(ProgressEvent(type="log", message=message))
 
+    def _eta(self, now: float, step: int, total: int) -> float | None:
+        if self._rate_origin is None or total <= 0 or step > total:
+            return None
+        first_step, t0 = self._rate_origin
+        done = step - first_step
+        if done <= 0:
+            return None
+        return round((now - t0) / done * (total - step), 1)
 
-def _eta(elapsed: float, step: int, total: int) -> float | None:
-    if step <= 0 or total <= 0 or step > total:
-        return None
-    return round(elapsed / step * (total - step), 1)
+
+def _check_finite(event: ProgressEvent) -> None:
+    """Stops a diverged run at the first non-finite loss instead of training on NaN to the end."""
+    loss = event.metrics.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"the training loss became {loss} at step {event.step}: lower training.lr, keep "
+            "training.max_grad_norm set, or use precision fp32"
+        )
 
 
 class LeaseKeeper:

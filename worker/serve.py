@@ -29,12 +29,12 @@ def serve(
 ) -> None:
     import uvicorn
 
-    from api.db.migrate import upgrade_to_head
+    from api.cli_support import init_db
     from api.main import create_app
 
     settings = get_settings()
     settings.ensure_dirs()
-    upgrade_to_head(settings.database_url)
+    init_db(settings)
     worker: subprocess.Popen[bytes] | None = None
     if with_worker:
         worker = subprocess.Popen(worker_command(loglevel=loglevel), env=os.environ.copy())

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
 from api.db.models import TERMINAL_STATUSES, Dataset, Job
@@ -27,7 +28,10 @@ from worker.progress import DbProgressSink, LeaseKeeper, SessionFactory
 
 log = logging.getLogger(__name__)
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+def new_worker_id() -> str:
+    """A lease identity per execution: a pid alone repeats across Celery's recycled child processes."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def session_factory_for(settings: Settings) -> SessionFactory:
@@ -77,6 +81,9 @@ def classify_error(exc: BaseException) -> dict[str, str]:
             "the job ran out of memory: lower training.batch_size (raise grad_accum to keep the effective "
             "batch), lower training.max_length, or use precision bf16"
         )
+    elif code == "internal_error":
+        # Unexpected failures keep their type so an operator can find the traceback in the worker log.
+        message = f"internal error ({type(exc).__name__}: {exc}); see the worker log"
     else:
         message = str(exc) or type(exc).__name__
     return {"code": code, "message": message}
@@ -87,12 +94,17 @@ def execute_job(
     *,
     settings: Settings | None = None,
     session_factory: SessionFactory | None = None,
-    worker_id: str = WORKER_ID,
+    worker_id: str | None = None,
     device: str | None = None,
 ) -> str:
-    """Runs one job to a terminal state (or leaves it for a re-run if this process dies). Returns the outcome."""
+    """Runs one job to a terminal state (or leaves it for a re-run if this process dies).
+
+    Returns the outcome: succeeded, failed, cancelled, skipped (not claimable: a duplicate delivery, a
+    finished or unknown job) or lease_lost (another worker took the job over; nothing was written).
+    """
     settings = settings or get_settings()
     sessions = session_factory or session_factory_for(settings)
+    worker_id = worker_id or new_worker_id()
 
     with sessions() as session:
         job = job_service.claim_job(session, job_id, worker_id, settings.lease_seconds)
@@ -110,28 +122,47 @@ def execute_job(
 
     run_dir = settings.runs_dir / job_id
     sink = DbProgressSink(job_id, sessions, min_interval=settings.event_min_interval_seconds)
-    try:
-        with LeaseKeeper(job_id, worker_id, sessions, lease_seconds=settings.lease_seconds) as lease:
+    # The lease is renewed until the outcome is recorded: exporting a large student takes a while too.
+    with LeaseKeeper(job_id, worker_id, sessions, lease_seconds=settings.lease_seconds) as lease:
+        try:
             with sessions() as session:
                 dataset_path = _dataset_path(session, dataset_id, settings) if dataset_id else None
             result = _run_engine(
                 resolve_paths(spec_dict, settings, dataset_path), run_dir, sink, lease, device
             )
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the process is going away: leave the job to the reaper and the next attempt
+        except BaseException as exc:
             if lease.lease_lost:
                 return "lease_lost"  # another worker owns the job now; touch nothing
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise  # the process is going away: leave the job to the reaper and the next attempt
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        _finish(sessions, job_id, "failed", error=classify_error(exc))
-        return "failed"
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            _finish(sessions, job_id, "failed", error=classify_error(exc))
+            return "failed"
+        if lease.lease_lost:
+            return "lease_lost"
+        if result.status == "cancelled":
+            _finish(sessions, job_id, "cancelled")
+            return "cancelled"
+        try:
+            _record_export(sessions, job_id, result, settings)
+        except Exception as exc:
+            log.error("job %s: export registration failed:\n%s", job_id, traceback.format_exc())
+            _finish(sessions, job_id, "failed", error=classify_error(exc))
+            return "failed"
+        _finish(sessions, job_id, "succeeded")
+    return "succeeded"
 
-    if result.status == "cancelled":
-        _finish(sessions, job_id, "cancelled")
-        return "cancelled"
+
+def _record_export(sessions: SessionFactory, job_id: str, result: Any, settings: Settings) -> None:
     with sessions() as session:
         job = _get_job(session, job_id)
-        artifacts = artifact_service.register_export(session, job, Path(result.export_dir))
+        if job is None:
+            raise LookupError(f"job {job_id} disappeared while it ran")
+        if result.export_dir is None:
+            raise RuntimeError("the engine completed without an export directory")
+        artifacts = artifact_service.register_export(
+            session, job, Path(result.export_dir), runs_dir=settings.runs_dir
+        )
         event_service.append_event(
             session, job_id, "artifact", {"artifacts": [a.name for a in artifacts], "metrics": result.metrics}
         )
@@ -140,8 +171,6 @@ def execute_job(
             job_id,
             {"step": result.steps, "total_steps": result.total_steps, "final_metrics": result.metrics},
         )
-    _finish(sessions, job_id, "succeeded")
-    return "succeeded"
 
 
 def _run_engine(
@@ -165,6 +194,14 @@ def _finish(
         job = _get_job(session, job_id)
         if job is not None and job.status not in TERMINAL_STATUSES:
             job_service.transition(session, job, status, error=error)
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: object) -> None:
+    # A forked child must not reuse the parent's pooled sockets (the reaper thread opened them).
+    from api.db.session import dispose_all_after_fork
+
+    dispose_all_after_fork()
 
 
 @app.task(name="dskd.run_job", acks_late=True, reject_on_worker_lost=True)

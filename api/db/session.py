@@ -47,6 +47,13 @@ def dispose_engine(url: str) -> None:
         engine.dispose()
 
 
+def dispose_all_after_fork() -> None:
+    """In a forked child: drop the inherited pools without closing the parent's connections."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+
+
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
