@@ -67,9 +67,11 @@ def problem_response(request: Request, problem: ProblemError) -> JSONResponse:
 
 
 def _field_name(loc: Sequence[str | int]) -> str:
-    # ("body", "data", "path") → "data.path"; a query or header parameter keeps its own name.
+    # ("body", "data", "path") → "data.path"; a query/header/path parameter is named alone ("status", not "status.0").
     parts = [str(p) for p in loc]
-    if parts and parts[0] in {"body", "query", "path", "header", "cookie", "form"} and len(parts) > 1:
+    if len(parts) > 1 and parts[0] in {"query", "path", "header", "cookie"}:
+        return parts[1]
+    if len(parts) > 1 and parts[0] in {"body", "form"}:
         parts = parts[1:]
     return ".".join(parts)
 

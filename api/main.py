@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from api.auth import require_principal
 from api.db.session import session_factory
 from api.errors import install_error_handlers
+from api.limits import UploadLimitMiddleware
 from api.queue import JobQueue, queue_from_settings
 from api.routes import artifacts, datasets, events, health, jobs
 from api.settings import Settings, get_settings
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     for module in (jobs, events, artifacts, datasets):
         app.include_router(module.router, dependencies=authenticated)
 
+    # Streams are cut at the limit (plus multipart framing); the handler enforces the exact file size.
+    app.add_middleware(UploadLimitMiddleware, path="/v1/datasets", limit=settings.max_upload_bytes)
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 
     @app.get("/", include_in_schema=False)

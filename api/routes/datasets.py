@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from api.auth import CurrentPrincipal
 from api.deps import SessionDep, SettingsDep
@@ -13,21 +13,12 @@ from api.schemas.datasets import DatasetList, DatasetOut
 from api.services import datasets as svc
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-# Multipart framing around the file: boundaries, part headers and the name field.
-MULTIPART_OVERHEAD = 64 * 1024
 
 
 def _too_large(limit: int) -> ProblemError:
     return ProblemError(
         413, f"the dataset exceeds the upload limit of {limit} bytes", slug="payload-too-large"
     )
-
-
-def check_content_length(request: Request, settings: SettingsDep) -> None:
-    """Refuse an oversized upload from its declared length, before the body is parsed."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + MULTIPART_OVERHEAD:
-        raise _too_large(settings.max_upload_bytes)
 
 
 @router.post(
