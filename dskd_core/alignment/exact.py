@@ -12,8 +12,10 @@ appends EOS to both responses and nothing else special enters the labels).
 Two forms, proven equal and tested on random cases:
 
 * `exact_alignment` — the reference two-pointer walk, one Python step per token.
-* `ExactAligner` / `align_batch` / `eta_teacher_index` — the training path, numpy over a whole batch with no
-  per-token Python. Let each side's tokens have start/end offsets in the concatenated (space-stripped) units.
+* `ExactAligner` / `align_batch` / `eta_teacher_index` — the training path over a whole batch, with no per-token
+  Python: by default the same walk compiled with numba (one pass, `_kernels.two_pointer_batch`); `backend="numpy"`
+  is a pure-numpy form that needs no compiler and is slower (several array passes and a sorted search; see
+  bench/alignment.py). The numpy form rests on this argument. Let each side's tokens have start/end offsets in the concatenated (space-stripped) units.
   The two-pointer walk is a merge of two partitions of the same byte line: it visits exactly the pairs of tokens
   whose intervals overlap, and records a pair iff start, end and unit coincide. Zero-length tokens (a lone `Ġ`
   or `▁`) sit *at* an offset; a run of them is entered by both pointers together (the tokens before end there on
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -120,7 +123,10 @@ def _unit_arrays(teacher: TokenTable, student: TokenTable) -> tuple[np.ndarray, 
 class ExactAligner:
     """The vectorised exact alignment for one (teacher, student) tokenizer pair. Get it with `exact_aligner`."""
 
-    def __init__(self, teacher: TokenTable, student: TokenTable) -> None:
+    def __init__(self, teacher: TokenTable, student: TokenTable, backend: str = "numba") -> None:
+        if backend not in ("numba", "numpy"):
+            raise ValueError(f"unknown backend {backend!r}; choose 'numba' or 'numpy'")
+        self.backend = backend
         self.teacher_lengths, self.teacher_keys, self.student_lengths, self.student_keys = _unit_arrays(
             teacher, student
         )
@@ -146,66 +152,89 @@ class ExactAligner:
         student labels' shape.
         """
         t_labels, s_labels = _as_rows(teacher_labels), _as_rows(student_labels)
-        single = _ndim(student_labels) == 1
         if t_labels.shape[0] != s_labels.shape[0]:
             raise ValueError(f"batch sizes differ: teacher {t_labels.shape[0]}, student {s_labels.shape[0]}")
-        t_rows, t_cols = np.nonzero(t_labels != ignore_index)
-        s_rows, s_cols = np.nonzero(s_labels != ignore_index)
+        t_flat = np.flatnonzero(t_labels != ignore_index)
+        s_flat = np.flatnonzero(s_labels != ignore_index)
+        t_width, s_width = max(t_labels.shape[1], 1), max(s_labels.shape[1], 1)
         ti, sj = self._match(
-            t_labels[t_rows, t_cols], t_rows, s_labels[s_rows, s_cols], s_rows, t_labels.shape[0]
+            t_labels.ravel()[t_flat],
+            t_flat // t_width,
+            s_labels.ravel()[s_flat],
+            s_flat // s_width,
+            len(t_labels),
         )
         index = np.full(s_labels.shape, -1, dtype=np.int64)
-        index[s_rows[sj], s_cols[sj]] = t_cols[ti]
-        return index[0] if single else index
+        index.ravel()[s_flat[sj]] = t_flat[ti] % t_width
+        return index[0] if _ndim(student_labels) == 1 else index
 
     def _match(
         self, t_ids: np.ndarray, t_seq: np.ndarray, s_ids: np.ndarray, s_seq: np.ndarray, batch: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Flat indices (teacher, student) of the aligned tokens of a whole batch."""
+        """Flat indices (teacher, student) of the aligned tokens of a whole batch (`seq` = example per token)."""
         _check_ids(t_ids, self.teacher_lengths.size, "teacher")
         _check_ids(s_ids, self.student_lengths.size, "student")
+        if self.backend == "numba":
+            return self._match_compiled(t_ids, t_seq, s_ids, s_seq, batch)
+        return self._match_numpy(t_ids, t_seq, s_ids, s_seq, batch)
+
+    def _match_compiled(
+        self, t_ids: np.ndarray, t_seq: np.ndarray, s_ids: np.ndarray, s_seq: np.ndarray, batch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from dskd_core.alignment._kernels import two_pointer_batch
+
+        t_bounds = np.searchsorted(t_seq, np.arange(batch + 1))  # tokens are grouped by example, in order
+        s_bounds = np.searchsorted(s_seq, np.arange(batch + 1))
+        size = min(t_ids.size, s_ids.size)
+        out_t, out_s = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64)
+        found = two_pointer_batch(
+            np.ascontiguousarray(t_ids), t_bounds, np.ascontiguousarray(s_ids), s_bounds,
+            self.teacher_lengths, self.teacher_keys, self.student_lengths, self.student_keys, out_t, out_s,
+        )  # fmt: skip
+        return out_t[:found], out_s[:found]
+
+    def _match_numpy(
+        self, t_ids: np.ndarray, t_seq: np.ndarray, s_ids: np.ndarray, s_seq: np.ndarray, batch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         t_len, s_len = self.teacher_lengths[t_ids], self.student_lengths[s_ids]
-        t_start, t_rank = _coordinates(t_len, t_seq, batch)
-        s_start, s_rank = _coordinates(s_len, s_seq, batch)
+        t_start, t_zero, t_rank = _coordinates(t_len, t_seq, batch)
+        s_start, s_zero, s_rank = _coordinates(s_len, s_seq, batch)
         span = int(max(t_start.max(initial=0), s_start.max(initial=0))) + 1
         ranks = int(max(t_rank.max(initial=0), s_rank.max(initial=0))) + 1
-        width = ranks + int(max(t_len.max(initial=0), s_len.max(initial=0))) + 1
+        width = (int(max(t_len.max(initial=0), s_len.max(initial=0))) + 1) * ranks
         if batch * span * width >= 2**62:
             raise ValueError(
                 "sequences too long for the int64 alignment codes; align fewer examples per call"
             )
 
-        def codes(seq: np.ndarray, start: np.ndarray, length: np.ndarray, rank: np.ndarray) -> np.ndarray:
-            # A zero-length token is told apart by its rank in the run; a non-empty one by its length.
-            sub = np.where(length > 0, length + ranks, rank)
-            return (seq * span + start) * width + sub
+        def codes(seq: np.ndarray, start: np.ndarray, length: np.ndarray, zero: np.ndarray, rank: np.ndarray):
+            # (example, start, length, rank) in one integer: a zero-length token is told apart by its rank.
+            code = (seq * span + start) * width + length * ranks
+            code[zero] += rank
+            return code
 
-        t_code, s_code = codes(t_seq, t_start, t_len, t_rank), codes(s_seq, s_start, s_len, s_rank)
-        found = np.searchsorted(s_code, t_code)
-        inside = found < s_code.size
-        hit = np.zeros(t_code.size, dtype=bool)
-        hit[inside] = s_code[found[inside]] == t_code[inside]
-        ti = np.nonzero(hit)[0]
+        t_code = codes(t_seq, t_start, t_len, t_zero, t_rank)
+        s_code = codes(s_seq, s_start, s_len, s_zero, s_rank)
+        found = np.minimum(np.searchsorted(s_code, t_code), max(s_code.size - 1, 0))
+        ti = np.flatnonzero(s_code[found] == t_code) if s_code.size else np.zeros(0, dtype=np.int64)
         sj = found[ti]
         same = self.teacher_keys[t_ids[ti]] == self.student_keys[s_ids[sj]]
         return ti[same], sj[same]
 
 
-def _coordinates(lengths: np.ndarray, seq: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per token: start offset inside its example, and rank inside its run of zero-length tokens (0 otherwise)."""
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    first = np.ones(seq.size, dtype=bool)
-    first[1:] = seq[1:] != seq[:-1]
+def _coordinates(lengths: np.ndarray, seq: np.ndarray, batch: int) -> tuple[np.ndarray, ...]:
+    """Per token its start offset inside its example; the zero-length tokens and their rank in their run."""
+    starts = np.cumsum(lengths) - lengths
+    first = np.flatnonzero(np.diff(seq, prepend=-1))
     example_base = np.zeros(batch, dtype=np.int64)
     example_base[seq[first]] = starts[first]
     local_start = starts - example_base[seq]
-    zero = lengths == 0
-    continues = np.zeros(seq.size, dtype=bool)
-    continues[1:] = zero[:-1] & ~first[1:]
-    position = np.arange(seq.size)
-    run_head = np.maximum.accumulate(np.where(zero & ~continues, position, 0)) if seq.size else position
-    return local_start, np.where(zero, position - run_head, 0)
+    zero = np.flatnonzero(lengths == 0)
+    k = np.arange(zero.size)
+    head = np.ones(zero.size, dtype=bool)
+    head[1:] = (np.diff(zero) != 1) | (seq[zero[1:]] != seq[zero[:-1]])
+    rank = k - np.maximum.accumulate(np.where(head, k, 0)) if zero.size else k
+    return local_start, zero, rank
 
 
 def _flatten(seqs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,16 +261,25 @@ def _check_ids(ids: np.ndarray, size: int, side: str) -> None:
         raise ValueError(f"{side} token ids outside [0, {size}): min {ids.min()}, max {ids.max()}")
 
 
-def exact_aligner(teacher_tokenizer: Any, student_tokenizer: Any) -> ExactAligner:
+def exact_aligner(teacher_tokenizer: Any, student_tokenizer: Any, backend: str = "numba") -> ExactAligner:
     """The cached `ExactAligner` of a tokenizer pair (built once per pair of tokenizer contents)."""
-    return pair_cached("exact", teacher_tokenizer, student_tokenizer, ExactAligner)
+    return pair_cached(
+        f"exact:{backend}", teacher_tokenizer, student_tokenizer, partial(ExactAligner, backend=backend)
+    )
 
 
 def align_batch(
-    teacher_seqs: Sequence[Any], student_seqs: Sequence[Any], teacher_tokenizer: Any, student_tokenizer: Any
+    teacher_seqs: Sequence[Any],
+    student_seqs: Sequence[Any],
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    *,
+    backend: str = "numba",
 ) -> list[np.ndarray]:
     """Fast exact alignment of a batch: per example an int64 [K, 2] array of (teacher, student) positions."""
-    return exact_aligner(teacher_tokenizer, student_tokenizer).align_batch(teacher_seqs, student_seqs)
+    return exact_aligner(teacher_tokenizer, student_tokenizer, backend).align_batch(
+        teacher_seqs, student_seqs
+    )
 
 
 def eta_teacher_index(
@@ -251,9 +289,10 @@ def eta_teacher_index(
     student_tokenizer: Any,
     *,
     ignore_index: int = IGNORE_INDEX,
+    backend: str = "numba",
 ) -> np.ndarray:
     """For student label position t, the teacher label position exactly aligned with it, else −1 ([T] or [B, T])."""
-    aligner = exact_aligner(teacher_tokenizer, student_tokenizer)
+    aligner = exact_aligner(teacher_tokenizer, student_tokenizer, backend)
     return aligner.teacher_index(teacher_labels, student_labels, ignore_index)
 
 

@@ -10,7 +10,7 @@ Costs (a token-level edit distance that bounds the character-level one from abov
 Ties prefer pairing, then leaving the teacher token unpaired. Every diagonal step of the optimal path is a 1:1
 pair (identical or not); MinED then remaps the teacher's distribution there and uses gold one-hot elsewhere.
 
-The DP is compiled with numba (`_mined_kernels.py`): ~n·m edit distances of short strings, milliseconds at 512².
+The DP is compiled with numba (`_kernels.py`): ~n·m edit distances of short strings, milliseconds at 512².
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class MinEDAligner:
 
     def align(self, teacher_ids: Any, student_ids: Any) -> tuple[np.ndarray, int]:
         """Per student position the paired teacher position (−1 = gap), and the optimal alignment cost."""
-        from dskd_core.alignment._mined_kernels import mined_dp
+        from dskd_core.alignment._kernels import mined_dp
 
         t_ids = np.ascontiguousarray(np.asarray(teacher_ids, dtype=np.int64).reshape(-1))
         s_ids = np.ascontiguousarray(np.asarray(student_ids, dtype=np.int64).reshape(-1))

@@ -267,7 +267,9 @@ def test_exact_alignment_hand_cases(teacher_pieces, student_pieces, expected):
     t_ids = teacher.convert_tokens_to_ids(teacher_pieces)
     s_ids = student.convert_tokens_to_ids(student_pieces)
     assert exact_alignment(t_ids, s_ids, teacher, student) == expected
-    assert align_batch([t_ids], [s_ids], teacher, student)[0].tolist() == [list(p) for p in expected]
+    for backend in ("numba", "numpy"):
+        got = align_batch([t_ids], [s_ids], teacher, student, backend=backend)[0].tolist()
+        assert got == [list(p) for p in expected], backend
 
 
 def test_exact_alignment_identical_tokenizers(byte_level, sentencepiece):
@@ -285,7 +287,8 @@ def _random_ids(rng: random.Random, tok, length: int) -> list[int]:
     return [rng.choice(pool) for _ in range(length)]
 
 
-def test_fast_alignment_equals_two_pointer(byte_level, sentencepiece):
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fast_alignment_equals_two_pointer(byte_level, sentencepiece, backend):
     rng = random.Random(0)
     for teacher, student in (
         (byte_level, sentencepiece),
@@ -299,7 +302,7 @@ def test_fast_alignment_equals_two_pointer(byte_level, sentencepiece):
         for _ in range(60):  # unrelated sequences: the equivalence does not rely on the texts being equal
             t_seqs.append(_random_ids(rng, teacher, rng.randint(0, 30)))
             s_seqs.append(_random_ids(rng, student, rng.randint(0, 30)))
-        fast = align_batch(t_seqs, s_seqs, teacher, student)
+        fast = align_batch(t_seqs, s_seqs, teacher, student, backend=backend)
         for t_ids, s_ids, pairs in zip(t_seqs, s_seqs, fast, strict=True):
             assert [tuple(p) for p in pairs.tolist()] == exact_alignment(t_ids, s_ids, teacher, student)
 
@@ -362,6 +365,8 @@ def test_eta_teacher_index_on_label_rows(byte_level, sentencepiece):
     pad = lambda rows: np.array([r + [-100] * (max(map(len, rows)) - len(r)) for r in rows])  # noqa: E731
     t_labels, s_labels = pad(t_rows), pad(s_rows)
     index = eta_teacher_index(t_labels, s_labels, byte_level, sentencepiece)
+    numpy_index = eta_teacher_index(t_labels, s_labels, byte_level, sentencepiece, backend="numpy")
+    assert (numpy_index == index).all()
     assert index.shape == s_labels.shape and index.dtype == np.int64
     for row, pairs in enumerate(expected):
         got = [(int(index[row, j]), j) for j in np.nonzero(index[row] >= 0)[0]]

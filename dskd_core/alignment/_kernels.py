@@ -1,6 +1,6 @@
-"""Compiled kernels of the MinED alignment (numba): token-level edit-distance DP over two id sequences.
+"""Compiled kernels (numba): the exact two-pointer walk over a flat batch, and the MinED edit-distance DP.
 
-Imported lazily by `mined.py`, so importing `dskd_core.alignment` does not load numba.
+Imported lazily, so importing `dskd_core.alignment` does not load numba.
 """
 
 from __future__ import annotations
@@ -101,3 +101,45 @@ def mined_dp(
         else:
             j -= 1
     return paired, cost[n, m]
+
+
+@numba.njit(cache=True, nogil=True)
+def two_pointer_batch(
+    t_ids: np.ndarray,
+    t_bounds: np.ndarray,
+    s_ids: np.ndarray,
+    s_bounds: np.ndarray,
+    t_lengths: np.ndarray,
+    t_keys: np.ndarray,
+    s_lengths: np.ndarray,
+    s_keys: np.ndarray,
+    out_t: np.ndarray,
+    out_s: np.ndarray,
+) -> int:
+    """The §3.3 walk (as `exact.two_pointer_alignment`) over every example of a flat batch.
+
+    Example b owns t_ids[t_bounds[b]:t_bounds[b+1]] and likewise on the student side. Writes the flat indices of
+    the aligned tokens to out_t/out_s and returns how many there are.
+    """
+    found = 0
+    for b in range(t_bounds.size - 1):
+        i, i_end, j, j_end = t_bounds[b], t_bounds[b + 1], s_bounds[b], s_bounds[b + 1]
+        pa = pb = 0
+        while i < i_end and j < j_end:
+            ea = pa + t_lengths[t_ids[i]]
+            eb = pb + s_lengths[s_ids[j]]
+            if ea < eb:
+                pa = ea
+                i += 1
+            elif eb < ea:
+                pb = eb
+                j += 1
+            else:
+                if pa == pb and t_keys[t_ids[i]] == s_keys[s_ids[j]]:
+                    out_t[found] = i
+                    out_s[found] = j
+                    found += 1
+                pa, pb = ea, eb
+                i += 1
+                j += 1
+    return found
