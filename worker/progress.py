@@ -23,9 +23,6 @@ log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
-# Event types the user always sees, whatever the throttle.
-_ALWAYS_WRITTEN = {"started", "eval", "checkpoint", "exported", "log"}
-
 
 class DbProgressSink:
     """Writes engine progress as job events (at most one `progress` event per `min_interval` seconds, plus the
@@ -62,7 +59,8 @@ class DbProgressSink:
         is_last_step = event.type == "step" and event.total_steps and event.step >= event.total_steps
         if event.type == "step" and not is_last_step and now - self._last_written < self._min_interval:
             return
-        self._last_written = now
+        if event.type == "step":  # only progress events count against the throttle
+            self._last_written = now
         elapsed = now - self._started
         payload: dict[str, Any] = {
             "step": event.step,

@@ -1,0 +1,95 @@
+"""Real tiny toy runs through execute_job: a success, a cancel mid-run, and a resume after the worker died."""
+
+from __future__ import annotations
+
+import time
+
+from api.db.models import Job
+from api.services import jobs as job_service
+from tests.worker.conftest import events_of, expire_lease, get_job
+from worker import tasks
+from worker.reaper import reap_once
+
+
+def wrap_sink(monkeypatch, on_emit):
+    """Let the test act on each engine event (after the worker's own sink wrote it), seeing the lease."""
+    real = tasks._run_engine
+
+    def run(spec_dict, run_dir, sink, lease, device):
+        class Tap:
+            def emit(self, event):
+                sink.emit(event)
+                on_emit(event, lease)
+
+            def emit_log(self, message):
+                sink.emit_log(message)
+
+        return real(spec_dict, run_dir, Tap(), lease, device)
+
+    monkeypatch.setattr(tasks, "_run_engine", run)
+
+
+def test_cancel_while_running_stops_at_a_step_and_keeps_a_checkpoint(
+    monkeypatch, worker_settings, sessions, make_job
+):
+    job_id = make_job(max_steps=50)
+    worker_settings.lease_seconds = 2  # the keeper polls every 0.5 s
+
+    def on_emit(event, lease):
+        if event.type == "step" and event.step == 2:
+            with sessions() as s:
+                job_service.request_cancel(s, s.get(Job, job_id))  # what DELETE /v1/jobs/{id} does
+            deadline = time.monotonic() + 10
+            while not lease.cancelled() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    wrap_sink(monkeypatch, on_emit)
+    assert tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions) == "cancelled"
+    job = get_job(sessions, job_id)
+    assert job.status == "cancelled" and job.error is None
+    events = events_of(sessions, job_id)
+    statuses = [e.payload["status"] for e in events if e.type == "status"]
+    assert statuses == ["queued", "running", "cancel_requested", "cancelled"]
+    checkpoints = [e for e in events if e.type == "checkpoint"]
+    assert [e.payload["step"] for e in checkpoints] == [2]  # saved at the step where the token fired
+    assert list((worker_settings.runs_dir / job_id / "checkpoints").iterdir())
+
+
+def test_a_dead_worker_is_resumed_from_its_newest_checkpoint(
+    monkeypatch, worker_settings, sessions, make_job
+):
+    job_id = make_job(max_steps=6, checkpoint_interval=2, keep_checkpoints=2)
+
+    def die_at_step_5(event, lease):
+        if event.type == "step" and event.step == 5:
+            raise SystemExit("killed")  # the process dies after step 5; step 4 is checkpointed
+
+    wrap_sink(monkeypatch, die_at_step_5)
+    try:
+        tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions)
+    except SystemExit:
+        pass
+    else:
+        raise AssertionError("the simulated death did not propagate")
+    dead = get_job(sessions, job_id)
+    assert (dead.status, dead.attempt) == ("running", 1)
+    first_run = dead.last_seq
+
+    monkeypatch.undo()
+    # A redelivery while the dead worker's lease still looks alive does nothing...
+    assert tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions) == "skipped"
+    # ...until the lease expires and the reaper re-sends the job.
+    expire_lease(sessions, job_id)
+    sent: list[str] = []
+    assert reap_once(sessions, enqueue=sent.append, settings=worker_settings)["requeued"] == [job_id]
+    assert tasks.execute_job(sent[0], settings=worker_settings, session_factory=sessions) == "succeeded"
+
+    job = get_job(sessions, job_id)
+    assert (job.status, job.attempt, job.progress["step"]) == ("succeeded", 2, 6)
+    second_run = [e for e in events_of(sessions, job_id) if e.seq > first_run]
+    resumed = [e for e in second_run if e.type == "log" and "resumed from" in e.payload.get("message", "")]
+    assert resumed and resumed[0].payload["step"] == 4
+    steps = [e.payload["step"] for e in second_run if e.type == "progress"]
+    assert steps == [5, 6]  # not restarted from step 0
+    artifacts = next(e for e in second_run if e.type == "artifact").payload["artifacts"]
+    assert "student.tar" in artifacts and "model.safetensors" in artifacts
