@@ -49,7 +49,28 @@ def format_validation_error(error: Any) -> str:
     return "invalid job spec:\n" + "\n".join(lines)
 
 
-def load_spec(path: Path):
+def apply_overrides(spec: Any, overrides: list[str]) -> Any:
+    """`section.field=value` settings on top of a spec file (values parsed as YAML: 200, 1e-3, true, sft)."""
+    import yaml
+
+    from dskd_core.spec import JobSpec
+
+    raw = json.loads(spec.to_json())
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--set {item!r}: expected section.field=value, e.g. training.max_steps=200")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise fail(f"--set {item!r}: '{part}' is not a section of the spec")
+        node[leaf] = yaml.safe_load(value)
+    return JobSpec.model_validate(raw)
+
+
+def load_spec(path: Path, overrides: list[str] | None = None):
     """Read and validate a spec file, turning every user error into a readable message and exit code 2."""
     import yaml
     from pydantic import ValidationError
@@ -59,7 +80,8 @@ def load_spec(path: Path):
     if not path.is_file():
         raise fail(f"{path}: no such spec file")
     try:
-        return JobSpec.from_file(path)
+        spec = JobSpec.from_file(path)
+        return apply_overrides(spec, overrides) if overrides else spec
     except ValidationError as e:
         raise fail(f"{path}: {format_validation_error(e)}") from None
     except (yaml.YAMLError, ValueError) as e:
@@ -98,19 +120,28 @@ def train(
     spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON); see `dskd spec-schema`.")],
     run_dir: Annotated[
         Path | None,
-        typer.Option("--run-dir", help="Checkpoints and export go here (default: runs/<spec name>)."),
+        typer.Option(
+            "--run-dir", help="Checkpoints and export go here (default: runs/<spec name>/<method>)."
+        ),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N (default: a GPU if there is one).")
     ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Override distill.method (sft, vanilla_kd, dskd, ...).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. --set training.max_steps=200 (repeatable)."),
+    ] = None,
 ) -> None:
     """Run a distillation job locally: pre-flight checks, training, export. Resumes if RUN_DIR has checkpoints."""
-    spec = load_spec(spec_file)
+    spec = load_spec(spec_file, [*([f"distill.method={method}"] if method else []), *(overrides or [])])
     from dskd_core.data.records import DataError
     from dskd_core.models import ModelLoadError
     from dskd_core.train import PreflightError, run_job
 
-    run_dir = run_dir or Path("runs") / (spec.name or spec_file.stem)
+    run_dir = run_dir or Path("runs") / (spec.name or spec_file.stem) / spec.distill.method.value
     sink = BarSink()
     try:
         result = run_job(spec, run_dir, sink=sink, device=device)
@@ -136,10 +167,10 @@ def toy(
         raise fail(f"--size must be 'full' or 'fast', not '{size}'")
     from dskd_core.toy import build_toy_world
 
-    world = build_toy_world(out, size=size, seed=seed)
-    fields = world.__dict__ if hasattr(world, "__dict__") else world._asdict()
-    for name, value in fields.items():
-        typer.echo(f"{name:>16}: {value}")
+    world = build_toy_world(out, size=size, seed=seed, progress=typer.echo)
+    for name, value in vars(world).items():
+        if isinstance(value, Path):
+            typer.echo(f"{name:>14}: {value}")
 
 
 @app.command("spec-schema")
@@ -148,6 +179,45 @@ def spec_schema() -> None:
     from dskd_core.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port of the API and dashboard.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="Serve the API only (workers run elsewhere).")
+    ] = False,
+) -> None:
+    """Start the service: API + dashboard and one worker, on SQLite in DSKD_DATA_DIR (default ./.dskd)."""
+    from worker.serve import serve as run_service
+
+    run_service(host=host, port=port, with_worker=not no_worker)
+
+
+keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A label for the key, e.g. 'laptop'.")],
+    owner: Annotated[
+        str | None, typer.Option(help="Whose jobs the key sees (default: the key's name).")
+    ] = None,
+) -> None:
+    """Create an API key and print its secret (shown only this once)."""
+    from api.cli_support import init_db
+    from api.db.session import session_scope
+    from api.services.keys import create_api_key
+    from api.settings import get_settings
+
+    settings = get_settings()
+    init_db(settings)
+    with session_scope(settings.database_url) as session:
+        key, secret = create_api_key(session, name, owner or name)
+    typer.echo(f"created key {key.prefix}… for owner '{key.owner}'; keep the secret, it is not shown again:")
+    typer.echo(secret)
 
 
 def main() -> None:

@@ -102,6 +102,7 @@ def run_job(
     state = TrainState(total_steps=total_steps, spec_json=spec.to_json())
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
+        check_same_job(checkpoint, spec)
         state = load_checkpoint(
             checkpoint, student=setup.student, distiller=distiller, optimizer=optimizer, scheduler=scheduler
         )
@@ -232,10 +233,37 @@ def prepare(spec: JobSpec, device: torch.device) -> Setup:
     teacher = None
     if info.needs_teacher and spec.teacher is not None:
         teacher = models.load_model(spec.teacher, trainable=False, device=device)
-    data = build_datasets(spec, student_tok, teacher_tok if dual else None, dual=dual)
-    ctx = DistillContext(spec, student, teacher, student_tok, teacher_tok, vocab_map=None)
+    vocab_map = None
+    if dual:
+        from dskd_core.alignment import build_vocab_map
+        from dskd_core.distillers.cross import alignments_for
+
+        # Only the alignment the method reads is computed (MinED's DP is the costly one).
+        alignments = alignments_for(spec.distill.method)
+        data = build_datasets(spec, student_tok, teacher_tok, dual=True, alignments=alignments)
+        vocab_map = build_vocab_map(teacher_tok, student_tok).to(device)
+    else:
+        data = build_datasets(spec, student_tok, None, dual=False)
+    ctx = DistillContext(spec, student, teacher, student_tok, teacher_tok, vocab_map=vocab_map)
     distiller = distiller_class(ctx).to(device)
     return Setup(student, teacher, student_tok, teacher_tok, distiller, data.train, data.dev, data.collator)
+
+
+def check_same_job(checkpoint: Path, spec: JobSpec) -> None:
+    """Refuse to resume a checkpoint of another job (other models or method) in the same run directory."""
+    import json
+
+    saved = JobSpec.model_validate_json(json.loads((checkpoint / "state.json").read_text())["spec_json"])
+    for label, old, new in [
+        ("student", saved.student, spec.student),
+        ("teacher", saved.teacher, spec.teacher),
+        ("distill.method", saved.distill.method, spec.distill.method),
+    ]:
+        if old != new:
+            raise PreflightError(
+                f"{checkpoint.parent.parent} holds checkpoints of another job ({label} differs); "
+                "use a new run directory or delete its checkpoints/"
+            )
 
 
 def import_distillers() -> None:
