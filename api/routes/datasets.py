@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from api.auth import CurrentPrincipal
+from api.db.models import Dataset
 from api.deps import SessionDep, SettingsDep
 from api.errors import ProblemError, field_error, problem_responses, validation_problem
 from api.schemas.datasets import DatasetList, DatasetOut
@@ -66,7 +67,7 @@ def list_datasets(principal: CurrentPrincipal, session: SessionDep) -> DatasetLi
     return DatasetList(items=[DatasetOut.model_validate(d) for d in svc.list_owned(session, principal.owner)])
 
 
-def _owned(session: SessionDep, owner: str, dataset_id: str) -> svc.Dataset:
+def _owned(session: SessionDep, owner: str, dataset_id: str) -> Dataset:
     dataset = svc.get_owned(session, owner, dataset_id)
     if dataset is None:
         raise ProblemError(404, f"no dataset '{dataset_id}'", slug="not-found")
