@@ -14,20 +14,19 @@ and its std is 0.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from dskd_core.spec import EvalSpec
 
-_PROMPT_FIELDS = ("prompt", "instruction", "question", "input")
-_RESPONSE_FIELDS = ("response", "output", "completion", "answer")
+if TYPE_CHECKING:
+    from dskd_core.data import Record
 
 
 class MeanStd(BaseModel):
@@ -206,48 +205,18 @@ def evaluate_checkpoint(
     return evaluate_model(model, tokenizer, records, settings=settings, keep_generations=keep_generations)
 
 
-def read_jsonl_records(path: str | Path) -> list[dict[str, Any]]:
-    """Eval records from a JSONL file: `prompt`, `response`, optional `context` and `references`.
+def records_for_eval(records: Sequence[Record], prompt_template: str, tokenizer) -> list[dict[str, Any]]:
+    """Data-layer records as eval records: the prompt rendered with the template the model was trained with."""
+    from dskd_core.data import format_prompt
 
-    Common aliases are accepted (prompt: instruction/question/input; response: output/completion/answer);
-    with `instruction`, an `input` field is taken as the context (Alpaca layout).
-    """
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            raw = json.loads(line)
-            prompt_key = next((k for k in _PROMPT_FIELDS if raw.get(k) is not None), None)
-            response_key = next((k for k in _RESPONSE_FIELDS if raw.get(k) is not None), None)
-            if prompt_key is None or (response_key is None and not raw.get("references")):
-                raise ValueError(
-                    f"{path}:{line_no}: need a prompt field {_PROMPT_FIELDS} and a response field {_RESPONSE_FIELDS}"
-                )
-            context = raw.get("context")
-            if context is None and prompt_key == "instruction":
-                context = raw.get("input")
-            record: dict[str, Any] = {"prompt": str(raw[prompt_key]), "context": context or ""}
-            if response_key is not None:
-                record["response"] = str(raw[response_key])
-            if raw.get("references"):
-                record["references"] = list(raw["references"])
-            records.append(record)
-    return records
-
-
-def format_prompt(template: str, prompt: str, context: str = "", tokenizer=None) -> str:
-    """Apply a prompt template: 'none', 'chat' (the tokenizer's chat template) or a {prompt}/{context} format."""
-    if template == "none":
-        return prompt if not context else f"{context}\n\n{prompt}"
-    if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("prompt_template 'chat' needs a tokenizer with a chat template")
-        content = prompt if not context else f"{context}\n\n{prompt}"
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-    return template.format(prompt=prompt, context=context)
+    return [
+        {
+            "prompt": format_prompt(r, prompt_template, tokenizer),
+            "response": r.response,
+            "references": r.references,
+        }
+        for r in records
+    ]
 
 
 def run_eval(
@@ -260,11 +229,11 @@ def run_eval(
     device=None,
     keep_generations: bool = False,
 ) -> EvalResult:
-    """The CLI's `eval`: load a model, read JSONL records, template the prompts, generate and score."""
+    """The CLI's `eval`: read records (any layout `dskd_core.data.load_records` reads: JSONL, JSON, dataset
+    directories), load the model, render the prompts with `prompt_template`, generate and score."""
+    from dskd_core.data import load_records
+
+    raw = load_records(data_path)[: settings.max_examples]
     model, tokenizer = load_eval_model(str(model_path), dtype=dtype, device=device)
-    raw = read_jsonl_records(data_path)[: settings.max_examples]
-    records = [
-        {**r, "prompt": format_prompt(prompt_template, r["prompt"], r.get("context", ""), tokenizer)}
-        for r in raw
-    ]
+    records = records_for_eval(raw, prompt_template, tokenizer)
     return evaluate_model(model, tokenizer, records, settings=settings, keep_generations=keep_generations)

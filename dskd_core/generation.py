@@ -54,6 +54,32 @@ def _left_pad(
     return ids.to(device), mask.to(device)
 
 
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], *, max_prompt_tokens: int | None = None
+) -> list[list[int]]:
+    """Prompt token ids exactly as the training data encodes prompts (dskd_core.data.encode).
+
+    No special tokens but a single leading BOS for tokenizers that add one (none if the text, e.g. a rendered
+    chat template, already starts with it); truncation keeps the prompt's end and its BOS.
+    """
+    from dskd_core.data.encode import adds_bos, truncate
+
+    bos_id = tokenizer.bos_token_id
+    with_bos = adds_bos(tokenizer)
+    rows: list[list[int]] = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = []
+    for row in rows:
+        row = list(row)
+        if with_bos and row[:1] != [bos_id]:
+            row.insert(0, bos_id)
+        if max_prompt_tokens is not None:
+            row, _ = truncate(
+                row, [], max_prompt_length=max_prompt_tokens, max_length=len(row) + 1, bos_id=bos_id
+            )
+        encoded.append(row)
+    return encoded
+
+
 def _generation_config(
     *,
     max_new_tokens: int,
@@ -111,8 +137,8 @@ def generate_ids(
 ) -> list[Generation]:
     """Generate a response for every prompt (already formatted text); results are in the prompts' order.
 
-    Prompts are tokenised as the tokenizer does by default (BOS added where the family adds it), truncated from
-    the left to `max_prompt_tokens` when set, sorted by length into batches of `batch_size` (less padding), and
+    Prompts are tokenised as the training data tokenises them (`encode_prompts`), truncated from the left to
+    `max_prompt_tokens` when set, sorted by length into batches of `batch_size` (less padding), and
     decoded with a KV cache until EOS or `max_new_tokens`. With `seed`, sampling draws from a forked RNG
     seeded with it, so the call is reproducible and leaves the caller's RNG state untouched; outputs depend on
     the seed, the batch size and the prompt set (one RNG stream runs through the batches).
@@ -125,9 +151,7 @@ def generate_ids(
         return []
     device = model_device(model)
     pad_id, eos_ids = _pad_and_eos_ids(tokenizer)
-    encoded: list[list[int]] = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    if max_prompt_tokens is not None:
-        encoded = [row[-max_prompt_tokens:] for row in encoded]
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens)
     if any(len(row) == 0 for row in encoded):
         raise ValueError("a prompt tokenises to no tokens at all; nothing to condition the response on")
     config = _generation_config(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from rouge_score import rouge_scorer
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -27,11 +27,20 @@ from dskd_core.evaluate import (
     rouge_l,
     run_eval,
 )
-from dskd_core.generation import generate_batch, generate_ids
+from dskd_core.generation import encode_prompts, generate_batch, generate_ids
 from dskd_core.spec import EvalSpec, JobSpec
 
 WORDS = [f"w{i}" for i in range(24)]
 PAD, EOS, BOS = 0, 1, 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models: one thread is faster than two contending ones and keeps the numerics run-to-run identical.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _example(k: int) -> tuple[str, str]:
@@ -171,6 +180,29 @@ def test_generation_respects_max_new_tokens_and_prompt_truncation(gpt2, tokenize
     long_prompt = "start w0 w1 w2 w5 w6"
     cut = generate_batch(gpt2, tokenizer, [long_prompt], max_new_tokens=6, max_prompt_tokens=2)
     assert cut == generate_batch(gpt2, tokenizer, ["w5 w6"], max_new_tokens=6)
+
+
+def test_prompts_get_one_bos_like_the_training_data(llama, tokenizer):
+    from dskd_core.data import encode_example
+
+    bos_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+        eos_token="<eos>", pad_token="<pad>", bos_token="<bos>",
+    )  # fmt: skip
+    bos_tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", BOS)]
+    )
+    assert bos_tokenizer("w1")["input_ids"] == [BOS, 5]
+    prompts = ["start w1", "<bos> start w1", "start w0 w1 w2 w3"]
+    assert encode_prompts(bos_tokenizer, prompts) == [[BOS, 3, 5], [BOS, 3, 5], [BOS, 3, 4, 5, 6, 7]]
+    assert encode_prompts(bos_tokenizer, prompts[2:], max_prompt_tokens=3) == [[BOS, 6, 7]]
+    # Same prompt ids as the training encoder, so the model is evaluated on the inputs it was trained on.
+    train_ids = encode_example("start w1", "w2", bos_tokenizer, max_prompt_length=8, max_length=16)[
+        "input_ids"
+    ]
+    assert train_ids[:3] == encode_prompts(bos_tokenizer, ["start w1"])[0]
+    out = generate_batch(llama, bos_tokenizer, prompts[:2], max_new_tokens=5)
+    assert out[0] == out[1]
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(llama, tokenizer):
