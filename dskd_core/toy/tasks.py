@@ -35,7 +35,20 @@ PEOPLE = (
     "Zoë", "Ana", "Ben", "Chloé", "Dmitri", "Elif", "Farah", "Günter", "Hana", "Iñigo", "Jonas", "Kaito",
     "Lena", "Mateo", "Noor", "Omar", "Priya", "Quinn", "Renée", "Søren", "Tariq", "Uma", "Vera", "Wei",
 )  # fmt: skip
-CITIES = ("Málaga", "Oslo", "Zürich", "Kraków", "Lyon", "Porto", "Tokyo", "Lima", "Dakar", "Quito", "Bergen", "Göteborg")
+CITIES = (
+    "Málaga",
+    "Oslo",
+    "Zürich",
+    "Kraków",
+    "Lyon",
+    "Porto",
+    "Tokyo",
+    "Lima",
+    "Dakar",
+    "Quito",
+    "Bergen",
+    "Göteborg",
+)
 PETS = ("cat", "dog", "parrot", "hamster", "rabbit", "turtle", "goldfish", "ferret", "iguana")
 SIGNS = ("🌵", "🎸", "🚲", "🍎", "⭐", "🌙", "🔥", "🐙")
 CATEGORIES = {
@@ -93,17 +106,26 @@ def _add(rng: random.Random) -> Item:
 def _sort(rng: random.Random) -> Item:
     nums = rng.sample(range(100), rng.randint(3, 5))
     answer = "\t".join(map(str, sorted(nums)))
-    return Item("sort", ",".join(map(str, nums)), "Sort from smallest to largest:\t" + "\t".join(map(str, nums)), (answer,))
+    return Item(
+        "sort",
+        ",".join(map(str, nums)),
+        "Sort from smallest to largest:\t" + "\t".join(map(str, nums)),
+        (answer,),
+    )
 
 
 def _reverse(rng: random.Random) -> Item:
     words = rng.sample(WORDS, rng.randint(3, 4))
-    return Item("reverse", ",".join(words), "Reverse the word order: " + " ".join(words), (" ".join(reversed(words)),))
+    return Item(
+        "reverse", ",".join(words), "Reverse the word order: " + " ".join(words), (" ".join(reversed(words)),)
+    )
 
 
 def _upper(rng: random.Random) -> Item:
     words = rng.sample(WORDS, rng.randint(2, 3))
-    return Item("upper", ",".join(words), "Write in capital letters: " + " ".join(words), (" ".join(words).upper(),))
+    return Item(
+        "upper", ",".join(words), "Write in capital letters: " + " ".join(words), (" ".join(words).upper(),)
+    )
 
 
 def _squeeze(rng: random.Random) -> Item:
@@ -132,7 +154,12 @@ def _category(rng: random.Random) -> Item:
     name = rng.choice(sorted(CATEGORIES))
     x, y = rng.sample(CATEGORIES[name], 2)
     others = tuple(m for m in CATEGORIES[name] if m not in (x, y))
-    return Item("category", f"{name}:{x},{y}", f"Name {'an' if name[0] in 'aeiou' else 'a'} {name} other than {x} and {y}.", others)
+    return Item(
+        "category",
+        f"{name}:{x},{y}",
+        f"Name {'an' if name[0] in 'aeiou' else 'a'} {name} other than {x} and {y}.",
+        others,
+    )
 
 
 def _synonym(rng: random.Random) -> Item:
@@ -181,7 +208,9 @@ def item_pool(task: str, key: str, seed: int) -> Pool:
     return "train"
 
 
-def generate(n: int, pool: Pool, *, seed: int, stream: int, tasks: Iterable[str] | None = None) -> list[Record]:
+def generate(
+    n: int, pool: Pool, *, seed: int, stream: int, tasks: Iterable[str] | None = None
+) -> list[Record]:
     """`n` records whose items all lie in `pool`; tasks cycle so every family gets an equal share.
 
     `stream` separates independent draws with the same seed (e.g. the teacher's and the student's train data).

@@ -44,7 +44,9 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTok
     return _wrap(tok, bos="<|endoftext|>", eos="<|endoftext|>", unk="<|endoftext|>", pad="<|pad|>")
 
 
-def train_sentencepiece_bpe(texts: Iterable[str], vocab_size: int, alphabet_size: int = 80) -> PreTrainedTokenizerFast:
+def train_sentencepiece_bpe(
+    texts: Iterable[str], vocab_size: int, alphabet_size: int = 80
+) -> PreTrainedTokenizerFast:
     """Llama-style BPE over metaspace pieces with byte fallback.
 
     Ids 0-3 are `<unk> <s> </s> <pad>`, 4-259 the byte tokens, then the learned pieces. `alphabet_size` keeps
@@ -72,7 +74,9 @@ def train_sentencepiece_bpe(texts: Iterable[str], vocab_size: int, alphabet_size
     pieces = sorted((i, p) for p, i in learned["vocab"].items() if p not in specials)
     vocab = {p: i for i, p in enumerate(specials + BYTE_TOKENS + [p for _, p in pieces])}
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
     tok.normalizer = draft.normalizer
     tok.pre_tokenizer = draft.pre_tokenizer
     tok.decoder = decoders.Sequence(

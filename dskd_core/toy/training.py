@@ -52,7 +52,9 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 def response_loss_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the response tokens of a batch, and their count."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum", ignore_index=-100)
+    loss = F.cross_entropy(
+        logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum", ignore_index=-100
+    )
     return loss, int((batch["labels"] != -100).sum())
 
 
@@ -110,16 +112,14 @@ def train_causal_lm(
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    order: list[int] = []
+    batches: list[list[int]] = []
     recent: list[float] = []
     model.train()
     started = time.perf_counter()
     for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:  # a fresh shuffled epoch when the current one runs out
-            fresh = list(range(len(train)))
-            rng.shuffle(fresh)
-            order += fresh
-        batch_idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        if not batches:
+            batches = _epoch_batches(train, cfg.batch_size, rng)
+        batch_idx = batches.pop()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss_sum, n_tokens = response_loss_sums(model, collate([train[i] for i in batch_idx], pad_id))
@@ -135,10 +135,25 @@ def train_causal_lm(
     return sum(recent) / max(len(recent), 1)
 
 
+def _epoch_batches(data: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One shuffled epoch; within windows of 32 batches examples are sorted by length, so little is padding."""
+    order = list(range(len(data)))
+    rng.shuffle(order)
+    window = batch_size * 32
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(data[i].ids))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 @torch.no_grad()
 def greedy_answer(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
     """Greedy decoding of one response in the toy world's format (stops at EOS)."""
-    ids = tokenizer(PROMPT_TEMPLATE.format(prompt=prompt), return_tensors="pt", add_special_tokens=True)["input_ids"]
+    ids = tokenizer(PROMPT_TEMPLATE.format(prompt=prompt), return_tensors="pt", add_special_tokens=True)[
+        "input_ids"
+    ]
     out = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),

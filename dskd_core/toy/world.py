@@ -44,7 +44,9 @@ Size = Literal["full", "fast"]
 
 @dataclass(frozen=True)
 class WorldConfig:
-    teacher_train: int  # records the teacher is trained on (more than the student gets, as in real distillation)
+    teacher_train: (
+        int  # records the teacher is trained on (more than the student gets, as in real distillation)
+    )
     train: int
     dev: int
     test: int
@@ -135,9 +137,15 @@ def build_toy_world(
     root = Path(out_dir).resolve()
     say = progress or (lambda message: None)
     cached = _read_manifest(root)
-    if cached and (cached.get("version"), cached.get("size"), cached.get("seed")) == (TOY_WORLD_VERSION, size, seed):
+    if cached and (cached.get("version"), cached.get("size"), cached.get("seed")) == (
+        TOY_WORLD_VERSION,
+        size,
+        seed,
+    ):
         world = ToyWorld.at(root, cached)
-        if all(p.exists() for p in (world.teacher, world.student, world.cross_student, world.train, world.dev)):
+        if all(
+            p.exists() for p in (world.teacher, world.student, world.cross_student, world.train, world.dev)
+        ):
             say(f"reusing the toy world in {root}")
             return world
     cfg = CONFIGS[size]
@@ -153,7 +161,9 @@ def build_toy_world(
     return ToyWorld.at(root, manifest)
 
 
-def _build(world: ToyWorld, cfg: WorldConfig, *, size: str, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+def _build(
+    world: ToyWorld, cfg: WorldConfig, *, size: str, seed: int, say: Callable[[str], None]
+) -> dict[str, Any]:
     say("generating the data splits")
     splits = {
         "teacher_train": tasks.generate(cfg.teacher_train, "train", seed=seed, stream=0),
@@ -185,7 +195,9 @@ def _build(world: ToyWorld, cfg: WorldConfig, *, size: str, seed: int, say: Call
         cfg.train_config,
         pad_id=pad,
         seed=seed,
-        log=lambda step, loss, secs: say(f"teacher step {step}/{cfg.train_config.steps} loss {loss:.3f} ({secs:.0f} s)"),
+        log=lambda step, loss, secs: say(
+            f"teacher step {step}/{cfg.train_config.steps} loss {loss:.3f} ({secs:.0f} s)"
+        ),
     )
     train_seconds = time.perf_counter() - t0
 
@@ -236,7 +248,9 @@ def _teacher_model(cfg: WorldConfig, tok, seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=_padded(len(tok)),  # padded like real checkpoints: logits beyond len(tokenizer) are never used
+        vocab_size=_padded(
+            len(tok)
+        ),  # padded like real checkpoints: logits beyond len(tokenizer) are never used
         n_positions=256,
         n_embd=cfg.teacher_hidden,
         n_layer=cfg.teacher_layers,
@@ -255,7 +269,9 @@ def _teacher_model(cfg: WorldConfig, tok, seed: int):
 def _student_model(family: Literal["qwen2", "llama"], cfg: WorldConfig, tok, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    config_cls, model_cls = (
+        (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    )
     config = config_cls(
         vocab_size=len(tok),
         hidden_size=cfg.student_hidden,
@@ -282,7 +298,9 @@ def _with_generation_ids(model, tok):
     return model
 
 
-def _quality(cfg: WorldConfig, splits: dict[str, list[tasks.Record]], teacher, student, tok) -> dict[str, Any]:
+def _quality(
+    cfg: WorldConfig, splits: dict[str, list[tasks.Record]], teacher, student, tok
+) -> dict[str, Any]:
     """Greedy exact match on the first records of dev and test (tasks cycle, so every family is represented)."""
     out: dict[str, Any] = {"examples_per_split": cfg.quality_examples}
     for split in ("dev", "test"):
