@@ -61,8 +61,10 @@ def boundary_bound(text: str, teacher, student) -> set[int]:
         offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         return [(int(nonspace_before[a]), int(nonspace_before[b])) for a, b in offsets]
 
-    teacher_spans = set(spans(teacher))
-    return {j for j, span in enumerate(spans(student)) if span[1] > span[0] and span in teacher_spans}
+    # A span shared by several tokens of one side (pieces of one multi-byte character) is not byte-precise.
+    t_spans, s_spans = spans(teacher), spans(student)
+    t_unique = {x for x in t_spans if t_spans.count(x) == 1}
+    return {j for j, x in enumerate(s_spans) if x[1] > x[0] and s_spans.count(x) == 1 and x in t_unique}
 
 
 def build_sequences(

@@ -11,7 +11,8 @@ Public API (everything takes transformers fast tokenizers; tables are cached per
   `align_batch(t_seqs, s_seqs, t_tok, s_tok) -> list[int64 [K, 2]]` and
   `eta_teacher_index(teacher_labels, student_labels, t_tok, s_tok) -> int64 [B, T_s]` (or [T_s]) — the collator
   calls the latter once per batch with the shifted label rows (−100 outside the response); `exact_aligner(...)`
-  returns the cached per-pair object with the same methods. `alignment_ratio(index, student_labels)`.
+  returns the cached per-pair object with the same methods. `backend="numba"` (default: the walk compiled) or
+  `"numpy"` (array passes; same pairs, slower). `alignment_ratio(index, student_labels)`.
 * MinED (§3.4): `mined_alignment(t_ids, s_ids, t_tok, s_tok) -> int64 [len(s_ids)]` (teacher position or −1)
   and `mined_teacher_index(teacher_labels, student_labels, t_tok, s_tok)`; compiled DP (numba).
 """
