@@ -173,6 +173,51 @@ def toy(
             typer.echo(f"{name:>14}: {value}")
 
 
+@app.command("pair-report")
+def pair_report(
+    teacher: Annotated[
+        str, typer.Argument(help="Teacher: a model directory or hub id (only its tokenizer loads).")
+    ],
+    student: Annotated[
+        str, typer.Argument(help="Student: a model directory or hub id (only its tokenizer loads).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+) -> None:
+    """Vocabulary overlap of a teacher/student pair and the methods that can distil across it."""
+    from dskd_core.alignment import vocab_overlap
+    from dskd_core.distillers.common import same_vocabulary
+    from dskd_core.models import ModelLoadError, load_tokenizer
+    from dskd_core.preflight import valid_methods
+    from dskd_core.spec import ModelSpec
+
+    try:
+        teacher_tok = load_tokenizer(ModelSpec(name_or_path=teacher))
+        student_tok = load_tokenizer(ModelSpec(name_or_path=student))
+    except ModelLoadError as e:
+        raise fail(str(e)) from None
+    report = vocab_overlap(teacher_tok, student_tok)
+    # Same-vocabulary methods feed the student's ids to the teacher: equal id tables suffice (as `dskd train`
+    # checks), even when the two tokenizers' pre-tokenizers differ.
+    same_ids = report.identical or same_vocabulary(teacher_tok, student_tok)
+    methods = valid_methods(same_ids)
+    if as_json:
+        payload = {
+            "teacher": teacher,
+            "student": student,
+            "overlap": report.as_dict(),
+            "same_vocabulary": same_ids,
+            "valid_methods": methods,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(report.format())
+    typer.echo(f"valid methods: {', '.join(methods)}")
+    if not same_ids:
+        typer.echo(
+            "vanilla_kd and dskd need identical tokenizers; use a cross-vocabulary method for this pair."
+        )
+
+
 @app.command("spec-schema")
 def spec_schema() -> None:
     """Print the JSON schema of a job spec."""
