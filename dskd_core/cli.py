@@ -93,10 +93,13 @@ class BarSink:
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.evals: list[dict[str, float]] = []
 
     def emit(self, event: ProgressEvent) -> None:
         from tqdm import tqdm
 
+        if event.type == "eval":
+            self.evals.append(dict(event.metrics))
         if self.bar is None and event.total_steps:
             self.bar = tqdm(total=event.total_steps, initial=event.step, unit="step", dynamic_ncols=True)
         if event.type == "step" and self.bar is not None:
@@ -149,8 +152,13 @@ def train(
         raise fail(str(e)) from None
     finally:
         sink.close()
-    final = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith("dev_")}
-    typer.echo(f"{result.status}: {result.steps}/{result.total_steps} steps; {final}")
+    typer.echo(f"{result.status}: {result.steps}/{result.total_steps} steps")
+    if len(sink.evals) >= 2 and "dev_ce" in sink.evals[0]:
+        first, last = sink.evals[0], sink.evals[-1]
+        teacher = f"; teacher {first['teacher_dev_ce']:.4f}" if "teacher_dev_ce" in first else ""
+        typer.echo(
+            f"dev loss (response CE/token): before {first['dev_ce']:.4f} -> after {last['dev_ce']:.4f}{teacher}"
+        )
     typer.echo(f"exported student: {result.export_dir}")
 
 

@@ -126,7 +126,7 @@ def run_job(
     sink.emit(
         event("started", state, micro_per_epoch, message=f"resumed from {checkpoint}" if checkpoint else None)
     )
-    if state.step == 0 and t.eval_interval:
+    if state.step == 0 and setup.dev_set is not None:  # the "before" figure
         metrics = evaluate(setup, accelerator, with_teacher=True)
         sink.emit(event("eval", state, micro_per_epoch, metrics))
 
