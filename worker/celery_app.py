@@ -16,6 +16,14 @@ from api.settings import get_settings
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 
+def transport_options(broker_url: str) -> dict[str, object]:
+    """Redis (and SQS) re-deliver unacked messages after the visibility timeout; the SQLAlchemy transport
+    passes its options to create_engine, which refuses unknown keywords, so it gets none."""
+    if broker_url.split("://", 1)[0] in {"redis", "rediss", "sqs"}:
+        return {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    return {}
+
+
 def make_celery() -> Celery:
     settings = get_settings()
     app = Celery("dskd", broker=settings.broker_url, include=["worker.tasks", "worker.reaper"])
@@ -30,7 +38,7 @@ def make_celery() -> Celery:
         accept_content=["json"],
         task_track_started=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        broker_transport_options=transport_options(settings.broker_url),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # lets Flower show the workers' tasks
         task_send_sent_event=True,
