@@ -141,6 +141,7 @@ def train(
     """Run a distillation job locally: pre-flight checks, training, export. Resumes if RUN_DIR has checkpoints."""
     spec = load_spec(spec_file, [*([f"distill.method={method}"] if method else []), *(overrides or [])])
     from dskd_core.data.records import DataError
+    from dskd_core.errors import NonFiniteLossError
     from dskd_core.models import ModelLoadError
     from dskd_core.train import PreflightError, run_job
 
@@ -150,6 +151,8 @@ def train(
         result = run_job(spec, run_dir, sink=sink, device=device)
     except (PreflightError, ModelLoadError, DataError) as e:
         raise fail(str(e)) from None
+    except NonFiniteLossError as e:
+        raise fail(str(e), code=1) from None
     finally:
         sink.close()
     typer.echo(f"{result.status}: {result.steps}/{result.total_steps} steps")

@@ -26,14 +26,11 @@ from torch import nn
 from dskd_core import models
 from dskd_core.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from dskd_core.distillers import DistillContext, Distiller, TokenCounts, get_distiller_class
+from dskd_core.errors import NonFiniteLossError, PreflightError
 from dskd_core.progress import CancelToken, NeverCancel, NullSink, ProgressEvent, ProgressSink, RunResult
 from dskd_core.spec import JobSpec
 
 IGNORE_INDEX = -100
-
-
-class PreflightError(ValueError):
-    """The job cannot run as specified (incompatible pair, unusable data); the message says what to change."""
 
 
 class TrainingModule(nn.Module):
@@ -141,6 +138,11 @@ def run_job(
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
         state.epoch, state.batches_in_epoch = micro_batches[-1][0]
         step_metrics, n_tokens = train_step(module, [b for _, b in micro_batches], accelerator)
+        if not math.isfinite(step_metrics["loss"]):
+            raise NonFiniteLossError(
+                f"the training loss became {step_metrics['loss']} at step {state.step + 1}: lower training.lr, "
+                "keep training.max_grad_norm set, or use precision fp32"
+            )
         if t.max_grad_norm is not None:
             step_metrics["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, t.max_grad_norm))
         step_metrics["lr"] = scheduler.get_last_lr()[0]

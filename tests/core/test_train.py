@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dskd_core.errors import NonFiniteLossError
 from dskd_core.progress import ProgressEvent
 from dskd_core.spec import JobSpec
 from dskd_core.train import (
@@ -100,6 +101,17 @@ def test_micro_batches_sum_to_the_full_batch_gradient(toy_world):
     assert loss_split == pytest.approx(loss_full, rel=1e-5)
     for a, b in zip(full, split, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update(toy_world, tmp_path, monkeypatch):
+    import dskd_core.train as train
+
+    def diverged(module, micro_batches, accelerator):
+        return {"loss": math.nan}, 1.0
+
+    monkeypatch.setattr(train, "train_step", diverged)
+    with pytest.raises(NonFiniteLossError, match="at step 1"):
+        run_job(make_spec(toy_world, max_steps=2), tmp_path)
 
 
 def test_same_vocabulary_methods_refuse_a_cross_vocabulary_pair(toy_world, tmp_path):
