@@ -22,7 +22,8 @@ COPY dskd_core ./dskd_core
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install ".[dev]"
+# Editable: api/cli_support finds migrations/ and alembic.ini next to the source (dskd keys create migrates).
+RUN pip install -e ".[dev]"
 
 RUN useradd --create-home --uid 1000 dskd && mkdir -p /data && chown dskd /data
 USER dskd
