@@ -141,8 +141,8 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, targets, cfg):  # type: ignore[override]
         limit = w_s.shape[0] if cfg["vocab_limit"] is None else cfg["vocab_limit"]
-        grad_h = torch.zeros_like(h_s) if h_s.requires_grad else None
-        grad_w = torch.zeros_like(w_s) if w_s.requires_grad else None
+        grad_h = torch.zeros_like(h_s) if cfg["need_grad"] and h_s.requires_grad else None
+        grad_w = torch.zeros_like(w_s) if cfg["need_grad"] and w_s.requires_grad else None
         total = h_s.new_zeros((), dtype=torch.float64 if h_s.dtype == torch.float64 else torch.float32)
         for start in range(0, h_s.shape[0], cfg["chunk_size"]):
             rows = slice(start, start + cfg["chunk_size"])
@@ -156,8 +156,10 @@ class _FusedHeadLoss(torch.autograd.Function):
                         cfg["name"], logits, teacher_logits, temperature=cfg["temperature"], **cfg["params"]
                     )
                     loss = loss + cfg["kd_weight"] * kd.sum()
-                (g_logits,) = torch.autograd.grad(loss, logits)
             total += loss.detach()
+            if grad_h is None and grad_w is None:
+                continue
+            (g_logits,) = torch.autograd.grad(loss, logits)
             if grad_h is not None:
                 grad_h[rows] = (g_logits @ w_s[:limit].to(g_logits.dtype)).to(grad_h.dtype)
             if grad_w is not None:
@@ -218,5 +220,7 @@ def fused_kd_loss_from_hidden(
         "vocab_limit": vocab_limit,
         "chunk_size": chunk_size,
         "params": divergence_params,
+        # Forward runs with autograd off, so whether gradients are wanted is decided here.
+        "need_grad": torch.is_grad_enabled(),
     }
     return _FusedHeadLoss.apply(student_hidden[mask], student_head, h_t, w_t, targets, cfg)

@@ -245,3 +245,13 @@ def test_fused_loss_matches_weighted_chunked_sums(name, chunk_size):
     empty = fused_kd_loss_from_hidden(h_s, w_s, labels, h_t, w_t, ce_weight=0.25, kd_weight=0.75, **kw)
     assert empty.item() == 0.0
     assert all(torch.equal(g, torch.zeros_like(g)) for g in torch.autograd.grad(empty, (h_s, w_s)))
+
+
+def test_fused_loss_under_no_grad_gives_the_value_only():
+    h_s, w_s, h_t, w_t, labels = _setup()
+    kw = {"ce_weight": 0.5, "kd_weight": 0.5, "vocab_limit": V_REAL, "chunk_size": 4}
+    want = fused_kd_loss_from_hidden(h_s, w_s, labels, h_t, w_t, **kw)
+    with torch.no_grad():
+        got = fused_kd_loss_from_hidden(h_s, w_s, labels, h_t, w_t, **kw)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, want.detach())
