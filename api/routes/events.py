@@ -77,6 +77,9 @@ async def job_events(
     job = await run_in_threadpool(get_owned_job, session, principal.owner, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         start = _start_seq(after_seq, last_event_id)
+        # Give the connection back now: the request's session would otherwise stay checked out for the
+        # stream's whole life, and 100 subscribers would exhaust the pool (the hub polls with its own).
+        await run_in_threadpool(session.close)
         hub = request.app.state.event_hubs.current()
         return EventSourceResponse(
             _sse(hub.stream(job.id, start)),
