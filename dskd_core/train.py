@@ -384,7 +384,11 @@ def evaluate(setup: Setup, accelerator, *, with_teacher: bool = False) -> dict[s
     if setup.dev_set is None or len(setup.dev_set) == 0:
         return {}
     distiller, student = setup.distiller, setup.student
-    bs, rank, world = setup_eval_batch_size(setup), accelerator.process_index, accelerator.num_processes
+    bs, rank, world = (
+        setup.distiller.spec.training.batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
     indices = list(range(len(setup.dev_set)))[rank::world]
     batches = [
         {
@@ -411,10 +415,6 @@ def evaluate(setup: Setup, accelerator, *, with_teacher: bool = False) -> dict[s
         student.train(was_training)
         distiller.train(was_training)
     return metrics
-
-
-def setup_eval_batch_size(setup: Setup) -> int:
-    return setup.distiller.spec.training.batch_size
 
 
 def best(previous: float | None, value: float) -> float:

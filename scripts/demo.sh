@@ -5,6 +5,7 @@
 #   bash scripts/demo.sh                 # DSKD
 #   METHOD=sft bash scripts/demo.sh      # the same budget with another method: sft, vanilla_kd, dskd
 #   STEPS=400 bash scripts/demo.sh       # a longer run
+#   SIZE=fast WORLD=toy_world_fast bash scripts/demo.sh   # the small world the tests use (a quick check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -12,12 +13,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 METHOD=${METHOD:-dskd}
 STEPS=${STEPS:-150}
 WORLD=${WORLD:-toy_world}
-RUN_DIR=runs/demo-$METHOD
+SIZE=${SIZE:-full}
+RUN_DIR=${RUN_DIR:-runs/demo-$METHOD}
 DSKD=".venv/bin/python -m dskd_core"
 start=$SECONDS
 
 echo "== 1/2 toy world ($WORLD: teacher, students, data; built once, then reused)"
-$DSKD toy --out "$WORLD" --size full
+$DSKD toy --out "$WORLD" --size "$SIZE"
 
 echo "== 2/2 distilling the student with $METHOD ($STEPS steps) into $RUN_DIR"
 rm -rf "$RUN_DIR"  # a fresh run, so that the 'before' figure is measured (dskd train would resume otherwise)
