@@ -100,33 +100,31 @@ def timed(fn) -> tuple[float, object]:
     return time.process_time() - start, result
 
 
-def cma_peak_memory(n: int = 1024, m: int = 1024) -> dict[str, float] | None:
-    """TODO(dskd_cma): peak memory of the CMA attention, blockwise vs unblocked, at n = m = 1024.
+def cma_peak_memory(
+    n: int = 1024, m: int = 1024, blocks: tuple[int, ...] = (64, 256)
+) -> dict[str, float] | None:
+    """Peak tensor memory of dskd_cma's attention terms (forward + backward), blockwise vs unblocked, n = m = 1024.
 
-    Needs `dskd_core.distillers.dskd_cma` to expose `cma_peak_memory_pair(n, m) -> (blockwise_fn, unblocked_fn)`
-    (two zero-argument callables running forward+backward of the attention terms); until then this reports
-    why it cannot run instead of measuring something else.
+    `dskd_cma.cma_peak_memory_pair(n, m, block=b)` gives two zero-argument steps over random rows of one example
+    (d_s = 64, d_t = 96, V = 512): `cma_sums` with `b` query rows per block, and with one block holding every
+    row (the unblocked form, whose `[n, m]` scores and softmax exist at once). Peaks are allocator high-water
+    marks relative to the step's start (bench/loss_memory.py), so inputs and parameters are not counted.
     """
     try:
         from dskd_core.distillers import dskd_cma
     except ImportError as e:
         print(f"cma memory: skipped — dskd_core.distillers.dskd_cma is not there yet ({e})")
         return None
-    make_pair = getattr(dskd_cma, "cma_peak_memory_pair", None)
-    if make_pair is None:
-        print("cma memory: skipped — dskd_cma has no cma_peak_memory_pair(n, m) hook yet")
-        return None
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from loss_memory import peak_tensor_bytes
 
-    blockwise, unblocked = make_pair(n, m)
-    result = {
-        "blockwise_mib": peak_tensor_bytes(blockwise) / 2**20,
-        "unblocked_mib": peak_tensor_bytes(unblocked) / 2**20,
-    }
-    print(
-        f"cma memory n=m={n}: blockwise {result['blockwise_mib']:.1f} MiB, unblocked {result['unblocked_mib']:.1f} MiB"
-    )
+    result: dict[str, float] = {}
+    for block in blocks:
+        blockwise, unblocked = dskd_cma.cma_peak_memory_pair(n, m, block=block)
+        result[f"block_{block}_mib"] = peak_tensor_bytes(blockwise) / 2**20
+    result["unblocked_mib"] = peak_tensor_bytes(unblocked) / 2**20
+    shown = ", ".join(f"{k.removesuffix('_mib').replace('_', ' ')} {v:.1f} MiB" for k, v in result.items())
+    print(f"cma memory n=m={n} (one [n, m] fp32 score tensor = {n * m * 4 / 2**20:.1f} MiB): {shown}")
     return result
 
 
