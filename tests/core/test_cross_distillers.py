@@ -461,3 +461,17 @@ def test_vanilla_kd_on_the_cross_pair_is_refused_before_training(pair, tmp_path)
     with pytest.raises(TrainPreflightError, match="dskd_cma"):
         run_job(spec, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dskd_train_refuses_vanilla_kd_on_the_cross_pair(pair, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from dskd_core.cli import app
+
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(make_spec(pair["world"], "vanilla_kd").model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["train", str(spec_file), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "dskd_cma" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
