@@ -105,6 +105,8 @@ METHOD_INFO: dict[Method, MethodInfo] = {
 }
 
 CROSS_VOCAB_METHODS: tuple[str, ...] = tuple(m.value for m, i in METHOD_INFO.items() if i.vocabulary == "cross")
+# Methods whose KD terms can run on student samples (methods.md §4): they compare the two models position by position.
+ON_POLICY_METHODS: tuple[str, ...] = ("vanilla_kd", "dskd", "dskd_eta", "dskd_cma")
 
 
 class _Strict(BaseModel):
@@ -230,6 +232,32 @@ class DistillSpec(_Strict):
     seqkd_data_path: str | None = Field(
         None, description="seqkd: where teacher-generated responses are stored (defaults to the run directory)."
     )
+    on_policy_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="On-policy KD (v2): probability r that a micro-batch's KD terms run on a student sample instead "
+        "of the reference response (CE stays on the reference); 0 turns it off. Methods: "
+        + ", ".join(ON_POLICY_METHODS)
+        + ".",
+    )
+    on_policy_start_epoch: int = Field(
+        3, ge=1, description="On-policy KD starts with this epoch (counted from 1; the paper uses 3)."
+    )
+    on_policy_max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens sampled per on-policy response (default: the micro-batch's longest response).",
+    )
+
+    @model_validator(mode="after")
+    def _check_on_policy(self) -> DistillSpec:
+        if self.on_policy_ratio > 0 and self.method.value not in ON_POLICY_METHODS:
+            raise ValueError(
+                f"on_policy_ratio > 0 works only with {', '.join(ON_POLICY_METHODS)}, "
+                f"not with method '{self.method.value}'"
+            )
+        return self
 
 
 class TrainingSpec(_Strict):
@@ -285,6 +313,20 @@ class EvalSpec(_Strict):
     max_prompt_tokens: int | None = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts generated together.")
     max_examples: int | None = Field(None, ge=1, description="Evaluate only the first N records.")
+    # Dev evaluation during training (off by default: it generates for every dev example with every seed).
+    interval: Annotated[int, Field(ge=1)] | Literal["epoch"] | None = Field(
+        None,
+        description="Training: generation-based dev evaluation (Rouge-L, exact match) every N optimizer steps, or "
+        "'epoch' at the end of each epoch, and at the end of training; None turns it off.",
+    )
+    select_best: bool = Field(
+        True,
+        description="With interval set: keep the checkpoint with the best dev `metric` (rotation never deletes "
+        "it) and export it instead of the last weights.",
+    )
+    metric: Literal["rougeL", "exact_match"] = Field(
+        "rougeL", description="The dev score (higher is better) that selects the best checkpoint."
+    )
 
 
 class JobSpec(_Strict):
