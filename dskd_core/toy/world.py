@@ -3,7 +3,7 @@
 Layout of a world directory:
 ```
 teacher/          GPT-2 family, byte-level BPE, trained here (its vocabulary is padded to a multiple of 64)
-student/          Qwen2 family, same tokenizer as the teacher, random init, smaller hidden size
+student/          Llama family, same tokenizer as the teacher, random init, smaller hidden size
 cross_student/    Llama family, SentencePiece-style tokenizer (metaspace, byte fallback), random init
 teacher_train.jsonl  train.jsonl  dev.jsonl  test.jsonl   records {prompt, response, references, task, item}
 demo.yaml         an example job spec (DSKD, teacher → student)
@@ -38,7 +38,7 @@ from dskd_core.toy.training import (
 )
 
 # Bump when anything that changes the built artefacts changes, so cached worlds are rebuilt.
-TOY_WORLD_VERSION = 1
+TOY_WORLD_VERSION = 3
 Size = Literal["full", "fast"]
 
 
@@ -73,7 +73,7 @@ CONFIGS: dict[str, WorldConfig] = {
         student_hidden=128,
         byte_bpe_vocab=2000,
         sentencepiece_vocab=1000,
-        train_config=TrainConfig(steps=900, batch_size=64, lr=1.5e-3, warmup_steps=40),
+        train_config=TrainConfig(steps=1000, batch_size=64, lr=1e-3, warmup_steps=40),
         threads=2,
         quality_examples=90,
     ),
@@ -180,7 +180,9 @@ def _build(
     sp_tok = train_sentencepiece_bpe(corpus, cfg.sentencepiece_vocab)
 
     teacher = _teacher_model(cfg, byte_tok, seed)
-    student = _student_model("qwen2", cfg, byte_tok, seed + 1)
+    # Llama, not Qwen2: transformers 5 loads any qwen2 directory with Qwen2Tokenizer, which replaces the saved
+    # normaliser and pre-tokenizer, so the "same-vocabulary" student would tokenise differently from the teacher.
+    student = _student_model("llama", cfg, byte_tok, seed + 1)
     cross_student = _student_model("llama", cfg, sp_tok, seed + 2)
 
     say(f"training the teacher ({_millions(teacher)}M parameters, {cfg.train_config.steps} steps)")

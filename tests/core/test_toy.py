@@ -111,13 +111,17 @@ def test_models_are_three_families_with_their_tokenizers(toy_world):
     }
     assert [configs[n]["model_type"] for n in ("teacher", "student", "cross_student")] == [
         "gpt2",
-        "qwen2",
+        "llama",
         "llama",
     ]
     assert configs["teacher"]["n_embd"] != configs["student"]["hidden_size"]
     teacher_tok = AutoTokenizer.from_pretrained(toy_world.teacher)
     student_tok = AutoTokenizer.from_pretrained(toy_world.student)
     assert teacher_tok.get_vocab() == student_tok.get_vocab()
+    # AutoTokenizer must load the saved tokenizer as is (no family class rebuilding its pipeline).
+    from dskd_core.alignment import tokenization_identical
+
+    assert tokenization_identical(teacher_tok, student_tok)
     # The teacher's embedding matrix is padded beyond its tokenizer, like real checkpoints.
     assert configs["teacher"]["vocab_size"] % 64 == 0 and configs["teacher"]["vocab_size"] >= len(teacher_tok)
     assert configs["student"]["vocab_size"] == len(student_tok)
