@@ -62,7 +62,7 @@ def preflight(spec: JobSpec) -> PreflightReport:
         if not identical:
             notes.append(
                 f"cross-vocabulary pair: {overlap['shared_count']} shared tokens "
-                f"({overlap['student_shared_fraction']:.1%} of the student's vocabulary)"
+                f"({overlap['student_fraction']:.1%} of the student's vocabulary)"
             )
     records = load_records(spec.data)
     notes.append(f"pre-flight passed: {len(records)} training records, method {method.value}")
