@@ -73,7 +73,8 @@ class Budget:
     warmup_ratio: float = 0.05
     kd_rate: float = 0.5
     temperature: float = 2.0
-    threads: int = 2
+    threads: int = 2  # torch threads per run
+    jobs: int = 1  # runs at a time (processes)
 
 
 def _kd_rows(method: str, divergences: tuple[str, ...], student: str = "student") -> list[Row]:
@@ -82,7 +83,7 @@ def _kd_rows(method: str, divergences: tuple[str, ...], student: str = "student"
 
 DIVERGENCES = ("fkl", "rkl", "akl")
 # On-policy KD (methods.md §4) from the first step: the student budget is shorter than an epoch.
-ON_POLICY = {"distill.on_policy_ratio": 0.5, "distill.on_policy_start_epoch": 0}
+ON_POLICY = {"distill.on_policy_ratio": 0.5, "distill.on_policy_start_epoch": 1}
 
 ROWS: list[Row] = [
     Row("sft", "sft"),
@@ -231,10 +232,40 @@ def run_one(world, row: Row, budget: Budget, seed: int, runs_dir: Path) -> dict[
 # ----------------------------------------------------------------------------------------------- the bench
 
 
+def _run_many(world, tasks: list[tuple[Row, int]], budget: Budget, runs_dir: Path, log) -> None:
+    """Run (row, seed) pairs one after another, or `budget.jobs` at a time in spawned processes."""
+    if budget.jobs <= 1:
+        for row, seed in tasks:
+            log(run_one(world, row, budget, seed, runs_dir))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(
+        budget.jobs, mp_context=context, initializer=_init_worker, initargs=(budget.threads,)
+    ) as pool:
+        for future in [pool.submit(run_one, world, row, budget, seed, runs_dir) for row, seed in tasks]:
+            log(future.result())
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+
+
 def fingerprint(world, budget: Budget) -> str:
     """Identifies the settings a cached run was made with (a changed budget or world reruns everything)."""
     meta = {k: world.manifest.get(k) for k in ("version", "size", "seed", "build_seconds")}
-    return json.dumps({"world": meta, "budget": {k: v for k, v in asdict(budget).items() if k != "seeds"}})
+    return json.dumps(
+        {
+            "world": meta,
+            "budget": {k: v for k, v in asdict(budget).items() if k not in {"seeds", "jobs", "threads"}},
+        }
+    )
 
 
 def resolve_on_policy(row: Row, rows: list[Row], records: list[dict[str, Any]]) -> Row | str:
@@ -272,24 +303,39 @@ def run_bench(
     records = [r for r in _read_jsonl(log_path) if r.get("fingerprint") == key]
     started, load_before = time.perf_counter(), _load()
     refs = _reference_scores(world, budget, out, records, say) if references else {}
-    resolved: dict[str, Row | str] = {}
-    for seed in budget.seeds:  # seed-major: an interrupted run still has every row at the first seeds
-        for row in rows:
-            if row.on_policy_of is not None and row.name not in resolved:
-                resolved[row.name] = resolve_on_policy(row, rows, records)
-            actual = resolved.get(row.name, row)
-            if any(r["row"] == row.name and r["seed"] == seed for r in records):
-                continue
-            if isinstance(actual, str):
-                record = {"row": row.name, "method": "", "student": row.student, "seed": seed}
-                record["status"] = f"not run: {actual}"
-            else:
-                record = run_one(world, replace(actual, name=row.name), budget, seed, out / "runs")
-            record["fingerprint"] = key
-            records.append(record)
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            say(_describe(record))
+
+    def log(record: dict[str, Any]) -> None:
+        record["fingerprint"] = key
+        records.append(record)
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        say(_describe(record))
+
+    def pending(candidates: list[Row]) -> list[tuple[Row, int]]:
+        # Seed-major: an interrupted bench still has every row at the first seeds.
+        done = {(r["row"], r["seed"]) for r in records}
+        return [(row, seed) for seed in budget.seeds for row in candidates if (row.name, seed) not in done]
+
+    _run_many(world, pending([r for r in rows if r.on_policy_of is None]), budget, out / "runs", log)
+    on_policy = []
+    for row in rows:
+        if row.on_policy_of is None:
+            continue
+        actual = resolve_on_policy(row, rows, records)
+        if isinstance(actual, str):
+            for _, seed in pending([row]):
+                log(
+                    {
+                        "row": row.name,
+                        "method": "",
+                        "student": row.student,
+                        "seed": seed,
+                        "status": f"not run: {actual}",
+                    }
+                )
+        else:
+            on_policy.append(actual)
+    _run_many(world, pending(on_policy), budget, out / "runs", log)
 
     table = []
     for row in rows:
@@ -384,7 +430,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--seeds", type=int, help="number of training seeds (default 3, quick 1)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (overrides the budget)")
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--threads", type=int, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, help="runs at a time, each in its own process")
     parser.add_argument("--fresh", action="store_true", help="ignore runs recorded in out/runs.jsonl")
     args = parser.parse_args(argv)
 
@@ -398,6 +445,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         budget = replace(budget, steps=args.steps)
     if args.threads:
         budget = replace(budget, threads=args.threads)
+    if args.jobs:
+        budget = replace(budget, jobs=args.jobs)
     if args.rows:
         wanted = args.rows.split(",")
         unknown = sorted(set(wanted) - {r.name for r in ROWS + QUICK_ROWS})
