@@ -136,16 +136,10 @@ def train_causal_lm(
 
 
 def _epoch_batches(data: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """One shuffled epoch; within windows of 32 batches examples are sorted by length, so little is padding."""
+    """One shuffled epoch of index batches (not length-bucketed: that makes batches single-task and slows learning)."""
     order = list(range(len(data)))
     rng.shuffle(order)
-    window = batch_size * 32
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: len(data[i].ids))
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)][::-1]
 
 
 @torch.no_grad()

@@ -135,13 +135,15 @@ def build_toy_world(
     if size not in CONFIGS:
         raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
     root = Path(out_dir).resolve()
-    say = progress or (lambda message: None)
-    cached = _read_manifest(root)
-    if cached and (cached.get("version"), cached.get("size"), cached.get("seed")) == (
-        TOY_WORLD_VERSION,
-        size,
-        seed,
-    ):
+    root.mkdir(parents=True, exist_ok=True)
+    # Concurrent callers (parallel test sessions) wait here, then find the world the first one built.
+    with _exclusive_lock(root / ".build.lock"):
+        return _build_or_reuse(root, size, seed, progress or (lambda message: None))
+
+
+def _build_or_reuse(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> ToyWorld:
+    cached = _read_manifest(root) or {}
+    if (cached.get("version"), cached.get("size"), cached.get("seed")) == (TOY_WORLD_VERSION, size, seed):
         world = ToyWorld.at(root, cached)
         if all(
             p.exists() for p in (world.teacher, world.student, world.cross_student, world.train, world.dev)
@@ -149,7 +151,6 @@ def build_toy_world(
             say(f"reusing the toy world in {root}")
             return world
     cfg = CONFIGS[size]
-    root.mkdir(parents=True, exist_ok=True)
     (root / "manifest.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
     world = ToyWorld.at(root, {})
     started = time.perf_counter()
@@ -364,6 +365,21 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
         return json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+@contextmanager
+def _exclusive_lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock, builds are then not safe to run concurrently
+        yield
+        return
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
