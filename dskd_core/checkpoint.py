@@ -44,6 +44,9 @@ class TrainState:
     total_steps: int = 0
     best_metric: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # Checkpoint selection by a generation-based dev score (EvalSpec.select_best): the best step and its dev metrics.
+    best_step: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
     spec_json: str = ""
 
 
@@ -64,6 +67,11 @@ def list_complete(run_dir: str | Path) -> list[Path]:
             except ValueError:
                 continue
     return [d for _, d in sorted(found)]
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives (whether or not it was written)."""
+    return checkpoint_dir(run_dir) / f"{_PREFIX}{step:06d}"
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -156,11 +164,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     keep: int,
+    protect: int | None = None,
 ) -> Path:
-    """Write the full training state atomically and keep only the newest `keep` complete checkpoints."""
+    """Write the full training state atomically and keep only the newest `keep` complete checkpoints, plus the
+    checkpoint of step `protect` (the best one), which rotation never deletes."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{state.step:06d}"
+    final = step_dir(run_dir, state.step)
     tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -173,9 +183,27 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
     (tmp / _COMPLETE).write_text("")
     atomic_publish(tmp, final)
+    kept = step_dir(run_dir, protect) if protect is not None else None
     for old in list_complete(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != kept:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def load_student(path: str | Path, student: nn.Module) -> None:
+    """Copy a checkpoint's student weights into `student` (e.g. the best checkpoint, before export)."""
+    path = Path(path)
+    weights = load_file(str(path / "student.safetensors"))
+    trainable = {name for name, p in student.named_parameters() if p.requires_grad}
+    if set(weights) != trainable:
+        raise ValueError(
+            f"{path}: the checkpoint's student parameters do not match this model "
+            f"(missing {sorted(trainable - set(weights))[:3]}, unexpected {sorted(set(weights) - trainable)[:3]})"
+        )
+    params = dict(student.named_parameters())
+    with torch.no_grad():
+        for name, t in weights.items():
+            params[name].copy_(t.to(params[name].device))
 
 
 def load_checkpoint(
@@ -189,17 +217,7 @@ def load_checkpoint(
 ) -> TrainState:
     """Restore a checkpoint written by `save_checkpoint` into already-built objects; returns its scalar state."""
     path = Path(path)
-    weights = load_file(str(path / "student.safetensors"))
-    trainable = {name for name, p in student.named_parameters() if p.requires_grad}
-    if set(weights) != trainable:
-        raise ValueError(
-            f"{path}: the checkpoint's student parameters do not match this model "
-            f"(missing {sorted(trainable - set(weights))[:3]}, unexpected {sorted(set(weights) - trainable)[:3]})"
-        )
-    params = dict(student.named_parameters())
-    with torch.no_grad():
-        for name, t in weights.items():
-            params[name].copy_(t)
+    load_student(path, student)
     distiller.load_state_dict(load_file(str(path / "distiller.safetensors")))
     opt = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])

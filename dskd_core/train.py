@@ -24,10 +24,18 @@ import torch
 from torch import nn
 
 from dskd_core import models
-from dskd_core.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from dskd_core.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    load_student,
+    save_checkpoint,
+    step_dir,
+)
 from dskd_core.distillers import DistillContext, Distiller, TokenCounts, get_distiller_class
 from dskd_core.errors import NonFiniteLossError, PreflightError
 from dskd_core.progress import CancelToken, NeverCancel, NullSink, ProgressEvent, ProgressSink, RunResult
+from dskd_core.selection import dev_generation, generation_due, record_scores
 from dskd_core.spec import JobSpec
 
 IGNORE_INDEX = -100
@@ -61,6 +69,8 @@ class Setup:
     train_set: Any
     dev_set: Any | None
     collate: Any
+    train_records: list | None = None
+    dev_records: list | None = None  # for generation-based dev evaluation (EvalSpec.interval)
 
 
 def run_job(
@@ -77,14 +87,23 @@ def run_job(
     cancel = cancel or NeverCancel()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    t = spec.training
+    t, ev = spec.training, spec.evaluation
     accelerator = make_accelerator(t.precision, device)
     # One process reports: the others would repeat the same events.
     sink = (sink or NullSink()) if accelerator.is_main_process else NullSink()
     set_seed(t.seed)
 
     # ---- set-up: everything that can fail does so before the first step
-    setup = prepare(spec, accelerator.device)
+    if spec.distill.method == "seqkd":
+        from dskd_core.seqkd import GenerationCancelled, ensure_teacher_responses
+
+        try:  # the teacher writes the training responses first (resumable; one process writes the file)
+            if accelerator.is_main_process:
+                ensure_teacher_responses(spec, run_dir, accelerator.device, sink=sink, cancel=cancel)
+        except GenerationCancelled:
+            return RunResult("cancelled", 0, 0, None, {})
+        accelerator.wait_for_everyone()
+    setup = prepare(spec, accelerator.device, run_dir=run_dir)
     distiller = setup.distiller
     optimizer = torch.optim.AdamW(distiller.param_groups(), lr=t.lr, weight_decay=t.weight_decay)
     micro_per_epoch = math.ceil(len(setup.train_set) / (t.batch_size * accelerator.num_processes))
@@ -116,9 +135,17 @@ def run_job(
             optimizer=optimizer,
             scheduler=scheduler,
             keep=t.keep_checkpoints,
+            protect=state.best_step if ev.select_best else None,
         )
         sink.emit(event("checkpoint", state, micro_per_epoch, metrics, message=str(path)))
         return path
+
+    def generation_eval() -> bool:
+        if not setup.dev_records:
+            return False
+        scores = dev_generation(setup.student, setup.student_tokenizer, setup.dev_records, spec)
+        sink.emit(event("eval", state, micro_per_epoch, scores))
+        return record_scores(state, scores, spec)
 
     sink.emit(
         event("started", state, micro_per_epoch, message=f"resumed from {checkpoint}" if checkpoint else None)
@@ -136,6 +163,7 @@ def run_job(
             return RunResult("cancelled", state.step, total_steps, None, last_metrics)
 
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
+        epoch_before = state.epoch
         state.epoch, state.batches_in_epoch = micro_batches[-1][0]
         step_metrics, n_tokens = train_step(module, [b for _, b in micro_batches], accelerator)
         if not math.isfinite(step_metrics["loss"]):
@@ -161,7 +189,11 @@ def run_job(
             state.metrics = evaluate(setup, accelerator)
             state.best_metric = best(state.best_metric, state.metrics["dev_ce"])
             sink.emit(event("eval", state, micro_per_epoch, state.metrics))
-        if t.checkpoint_interval and state.step % t.checkpoint_interval == 0 and state.step < total_steps:
+        new_best = False
+        if generation_due(ev.interval, state.step, epoch_before < state.epoch) and state.step < total_steps:
+            new_best = generation_eval()
+        due = t.checkpoint_interval and state.step % t.checkpoint_interval == 0
+        if (due or new_best) and state.step < total_steps:
             save(state.metrics)
 
     # ---- final evaluation and export
@@ -170,23 +202,34 @@ def run_job(
         state.metrics = final
         state.best_metric = best(state.best_metric, final["dev_ce"])
         sink.emit(event("eval", state, micro_per_epoch, final))
+    if ev.interval is not None and setup.dev_records:
+        generation_eval()
+        final = dict(state.metrics)
+    exported = {**last_metrics, **final}
     export_dir = None
     if accelerator.is_main_process:
         from dskd_core.export import export_student
 
         if t.checkpoint_interval:
             save(final)
+        student = accelerator.unwrap_model(module).student
+        if ev.select_best and state.best_step is not None and state.best_step != state.step:
+            # Training is over: the student may take the best checkpoint's weights for the export.
+            load_student(step_dir(run_dir, state.best_step), student)
+            exported = {**last_metrics, **state.best_metrics}
+        if ev.interval is not None:
+            exported["exported_step"] = float(state.best_step if ev.select_best else state.step)
         export_dir = export_student(
             run_dir / "export",
-            student=accelerator.unwrap_model(module).student,
+            student=student,
             tokenizer=setup.student_tokenizer,
             spec=spec,
             projectors=export_state(distiller),
-            metrics={**last_metrics, **final},
+            metrics=exported,
         )
-        sink.emit(event("exported", state, micro_per_epoch, final, message=str(export_dir)))
+        sink.emit(event("exported", state, micro_per_epoch, exported, message=str(export_dir)))
     accelerator.wait_for_everyone()
-    return RunResult("completed", state.step, total_steps, export_dir, {**last_metrics, **final})
+    return RunResult("completed", state.step, total_steps, export_dir, exported)
 
 
 # ---------------------------------------------------------------------------------------------- set-up helpers
@@ -211,8 +254,12 @@ def make_accelerator(precision: str, device: str | None):
         return Accelerator(mixed_precision=mixed, cpu=cpu)
 
 
-def prepare(spec: JobSpec, device: torch.device) -> Setup:
-    """Pre-flight and construction: tokenizers, pair compatibility, models, datasets, distiller."""
+def prepare(spec: JobSpec, device: torch.device, *, run_dir: str | Path | None = None) -> Setup:
+    """Pre-flight and construction: tokenizers, pair compatibility, models, datasets, distiller.
+
+    SeqKD reads the teacher's responses generated beforehand (`seqkd.ensure_teacher_responses`) and needs no
+    teacher model here.
+    """
     from dskd_core.data.build import build_datasets
     from dskd_core.distillers.common import same_vocabulary
 
@@ -233,7 +280,7 @@ def prepare(spec: JobSpec, device: torch.device) -> Setup:
     dual = info.vocabulary == "cross"
     student = models.load_model(spec.student, trainable=True, device=device)
     teacher = None
-    if info.needs_teacher and spec.teacher is not None:
+    if info.needs_teacher and info.vocabulary != "none" and spec.teacher is not None:
         teacher = models.load_model(spec.teacher, trainable=False, device=device)
     vocab_map = None
     if dual:
@@ -244,11 +291,26 @@ def prepare(spec: JobSpec, device: torch.device) -> Setup:
         alignments = alignments_for(spec.distill.method)
         data = build_datasets(spec, student_tok, teacher_tok, dual=True, alignments=alignments)
         vocab_map = build_vocab_map(teacher_tok, student_tok).to(device)
+    elif spec.distill.method == "seqkd":
+        from dskd_core.seqkd import seqkd_datasets, seqkd_path
+
+        data = seqkd_datasets(spec, student_tok, seqkd_path(spec, run_dir))
     else:
         data = build_datasets(spec, student_tok, None, dual=False)
     ctx = DistillContext(spec, student, teacher, student_tok, teacher_tok, vocab_map=vocab_map)
     distiller = distiller_class(ctx).to(device)
-    return Setup(student, teacher, student_tok, teacher_tok, distiller, data.train, data.dev, data.collator)
+    return Setup(
+        student,
+        teacher,
+        student_tok,
+        teacher_tok,
+        distiller,
+        data.train,
+        data.dev,
+        data.collator,
+        data.train_records,
+        data.dev_records,
+    )
 
 
 def check_same_job(checkpoint: Path, spec: JobSpec) -> None:
