@@ -6,6 +6,7 @@ from dskd_core.distillers import (  # noqa: F401
     dskd_cma,
     dskd_eta,
     mined,
+    seqkd,
     sft,
     shared_vocab_kd,
     uld,
