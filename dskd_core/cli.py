@@ -229,6 +229,56 @@ def pair_report(
         )
 
 
+@app.command("eval")
+def eval_command(
+    model_dir: Annotated[
+        Path, typer.Argument(help="An exported student (or any saved causal LM directory).")
+    ],
+    data: Annotated[Path, typer.Argument(help="Records to answer: JSONL/JSON or a dataset directory.")],
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated sampling seeds (default: 10,20,30,40,50).")
+    ] = None,
+    greedy: Annotated[
+        bool, typer.Option("--greedy", help="Decode greedily (one pass) instead of sampling.")
+    ] = False,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Response tokens generated at most.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N records.")] = None,
+    prompt_template: Annotated[
+        str, typer.Option(help="The template the model was trained with: none, chat or a format string.")
+    ] = "none",
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: a GPU if there is one).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Generate a response for every record and print Rouge-L and exact match (mean ± std over seeds)."""
+    from pydantic import ValidationError
+
+    from dskd_core.data.records import DataError
+    from dskd_core.evaluate import run_eval
+    from dskd_core.models import ModelLoadError
+    from dskd_core.spec import EvalSpec
+
+    settings: dict[str, Any] = {"do_sample": not greedy, "max_examples": max_examples}
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    try:
+        if seeds:
+            settings["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+        result = run_eval(model_dir, data, EvalSpec(**settings), prompt_template, device=device)
+    except ValidationError as e:
+        raise fail(format_validation_error(e)) from None
+    except (ValueError, DataError, ModelLoadError, OSError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    passes = "greedy" if greedy else f"{len(result.per_seed)} seeds"
+    typer.echo(f"{result.num_examples} examples, {passes}")
+    typer.echo(f"Rouge-L: {result.rougeL.mean:.2f} ± {result.rougeL.std:.2f}")
+    typer.echo(f"exact match: {result.exact_match.mean:.2f} ± {result.exact_match.std:.2f}")
+
+
 @app.command("spec-schema")
 def spec_schema() -> None:
     """Print the JSON schema of a job spec."""
