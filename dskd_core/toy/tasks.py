@@ -239,6 +239,16 @@ def generate(
     return records
 
 
+def balanced_sample(records: list[Record], n: int) -> list[Record]:
+    """About `n` records, the first ones of each task in equal numbers."""
+    per_task = max(1, n // len(TASKS))
+    picked: dict[str, list[Record]] = {}
+    for r in records:
+        if len(picked.setdefault(r["task"], [])) < per_task:
+            picked[r["task"]].append(r)
+    return [r for group in picked.values() for r in group]
+
+
 def exact_match(prediction: str, references: Iterable[str]) -> bool:
     return prediction.strip() in {r.strip() for r in references}
 

@@ -308,19 +308,10 @@ def _quality(
     """Greedy exact match on the first records of dev and test (tasks cycle, so every family is represented)."""
     out: dict[str, Any] = {"examples_per_split": cfg.quality_examples}
     for split in ("dev", "test"):
-        sample = _balanced(splits[split], cfg.quality_examples)
+        sample = tasks.balanced_sample(splits[split], cfg.quality_examples)
         out[f"teacher_{split}_exact_match"] = _rounded(exact_match_rate(teacher, tok, sample))
         out[f"student_{split}_exact_match"] = _rounded(exact_match_rate(student, tok, sample))
     return out
-
-
-def _balanced(records: list[tasks.Record], n: int) -> list[tasks.Record]:
-    per_task = max(1, n // len(tasks.TASKS))
-    picked: dict[str, list[tasks.Record]] = {}
-    for r in records:
-        if len(picked.setdefault(r["task"], [])) < per_task:
-            picked[r["task"]].append(r)
-    return [r for group in picked.values() for r in group]
 
 
 def _write_demo_spec(world: ToyWorld, size: str) -> None:
