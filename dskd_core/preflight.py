@@ -16,34 +16,39 @@ from dskd_core.spec import METHOD_INFO, JobSpec, Method
 @dataclass
 class PreflightReport:
     method: str
-    identical_tokenizers: bool | None
+    same_vocabulary: bool | None
     valid_methods: list[str]
     train_records: int
     overlap: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def valid_methods(identical_tokenizers: bool) -> list[str]:
-    """Methods that can work for a pair: the same-vocabulary ones only when the tokenizers are identical."""
-    return [m.value for m, info in METHOD_INFO.items() if info.vocabulary != "same" or identical_tokenizers]
+def valid_methods(same_vocabulary: bool) -> list[str]:
+    """Methods that can work for a pair: the same-vocabulary ones only when both tokenizers share one vocabulary."""
+    return [m.value for m, info in METHOD_INFO.items() if info.vocabulary != "same" or same_vocabulary]
 
 
 def check_pair(
     method: Method | str, teacher_tokenizer: Any, student_tokenizer: Any
 ) -> tuple[bool, dict[str, Any]]:
-    """Raises PreflightError when `method` cannot work for this pair; returns (identical, overlap report)."""
+    """Raises PreflightError when `method` cannot work for this pair; returns (same vocabulary, overlap report).
+
+    Same-vocabulary methods feed the student's token ids to the teacher, so what they need is that every id
+    means the same token on both sides (`same_vocabulary`); identical pre-tokenisation is not required.
+    """
     from dskd_core.alignment import vocab_overlap
+    from dskd_core.distillers.common import same_vocabulary
 
     method = Method(method)
     report = vocab_overlap(teacher_tokenizer, student_tokenizer)
-    if METHOD_INFO[method].vocabulary == "same" and not report.identical:
+    same = same_vocabulary(teacher_tokenizer, student_tokenizer)
+    if METHOD_INFO[method].vocabulary == "same" and not same:
         raise PreflightError(
-            f"method '{method.value}' compares the two models' own distributions and needs identical tokenizers, "
-            f"but the teacher and student tokenizers differ (teacher {report.teacher_vocab_size} tokens, "
-            f"student {report.student_vocab_size} tokens, {report.shared_count} shared). "
-            f"Valid methods for this pair: {', '.join(valid_methods(False))}."
+            f"method '{method.value}' needs the teacher and the student to share one tokenizer, but their "
+            f"vocabularies differ (teacher {report.teacher_vocab_size} tokens, student {report.student_vocab_size} "
+            f"tokens, {report.shared_count} shared). Valid methods for this pair: {', '.join(valid_methods(False))}."
         )
-    return report.identical, report.as_dict()
+    return same, report.as_dict()
 
 
 def preflight(spec: JobSpec) -> PreflightReport:
@@ -53,13 +58,13 @@ def preflight(spec: JobSpec) -> PreflightReport:
 
     method = spec.distill.method
     student_tokenizer = load_tokenizer(spec.student)
-    identical: bool | None = None
+    same: bool | None = None
     overlap = None
     notes: list[str] = []
     if spec.teacher is not None and METHOD_INFO[method].needs_teacher:
         teacher_tokenizer = load_tokenizer(spec.teacher)
-        identical, overlap = check_pair(method, teacher_tokenizer, student_tokenizer)
-        if not identical:
+        same, overlap = check_pair(method, teacher_tokenizer, student_tokenizer)
+        if not same:
             notes.append(
                 f"cross-vocabulary pair: {overlap['shared_count']} shared tokens "
                 f"({overlap['student_fraction']:.1%} of the student's vocabulary)"
@@ -68,8 +73,8 @@ def preflight(spec: JobSpec) -> PreflightReport:
     notes.append(f"pre-flight passed: {len(records)} training records, method {method.value}")
     return PreflightReport(
         method=method.value,
-        identical_tokenizers=identical,
-        valid_methods=valid_methods(identical) if identical is not None else [m.value for m in Method],
+        same_vocabulary=same,
+        valid_methods=valid_methods(same) if same is not None else [m.value for m in Method],
         train_records=len(records),
         overlap=overlap,
         notes=notes,
