@@ -53,8 +53,14 @@ class TrainingModule(nn.Module):
         self.student = student
         self.distiller = distiller
 
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts):
-        return self.distiller(batch, tokens)
+    def forward(self, batch: dict[str, Any], tokens: TokenCounts):
+        if tokens.kd_student is None:
+            return self.distiller(batch, tokens)
+        from dskd_core.onpolicy import KD_KEY, split_loss
+
+        # An on-policy step: CE on the reference batch, KD terms on the sample (or on the reference itself).
+        reference = {k: v for k, v in batch.items() if k != KD_KEY}
+        return split_loss(self.distiller, reference, batch.get(KD_KEY, reference), tokens)
 
 
 @dataclass
@@ -113,6 +119,13 @@ def run_job(
     )
     module, optimizer = accelerator.prepare(TrainingModule(setup.student, distiller), optimizer)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    sampler = None
+    if spec.distill.on_policy_ratio > 0:
+        from dskd_core.onpolicy import OnPolicySampler
+
+        sampler = OnPolicySampler(
+            spec, setup.student, setup.student_tokenizer, setup.teacher_tokenizer, setup.collate
+        )
 
     # ---- resume from the newest complete checkpoint, if any
     state = TrainState(total_steps=total_steps, spec_json=spec.to_json())
@@ -164,6 +177,9 @@ def run_job(
 
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
         epoch_before = state.epoch
+        sampled = 0
+        if sampler is not None:
+            sampled = sampler.attach(micro_batches, state.step, accelerator.process_index)
         state.epoch, state.batches_in_epoch = micro_batches[-1][0]
         step_metrics, n_tokens = train_step(module, [b for _, b in micro_batches], accelerator)
         if not math.isfinite(step_metrics["loss"]):
@@ -174,6 +190,8 @@ def run_job(
         if t.max_grad_norm is not None:
             step_metrics["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, t.max_grad_norm))
         step_metrics["lr"] = scheduler.get_last_lr()[0]
+        if sampler is not None:
+            step_metrics["on_policy"] = sampled / len(micro_batches)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -390,13 +408,27 @@ def batch_stream(
         epoch, start = epoch + 1, 0
 
 
-def count_tokens(micro_batches: list[dict[str, torch.Tensor]], accelerator) -> TokenCounts:
-    """Valid label tokens of the whole step: all micro-batches, summed over ranks."""
-    student = sum((b["labels"] != IGNORE_INDEX).sum() for b in micro_batches)
-    teacher = sum((b["teacher_labels"] != IGNORE_INDEX).sum() for b in micro_batches if "teacher_labels" in b)
-    counts = torch.stack([torch.as_tensor(student), torch.as_tensor(teacher)]).to(accelerator.device).float()
-    counts = accelerator.reduce(counts, reduction="sum")
-    return TokenCounts(student=float(counts[0]), teacher=float(counts[1]))
+def count_tokens(micro_batches: list[dict[str, Any]], accelerator) -> TokenCounts:
+    """Valid label tokens of the whole step: all micro-batches, summed over ranks.
+
+    When any micro-batch carries an on-policy KD batch ("kd"), `kd_student`/`kd_teacher` count the KD batches of
+    the step (the sample where there is one, else the reference batch), and every micro-batch uses them.
+    """
+
+    def labels(batches: list[dict[str, Any]]) -> list[torch.Tensor]:
+        student = sum((b["labels"] != IGNORE_INDEX).sum() for b in batches)
+        teacher = sum((b["teacher_labels"] != IGNORE_INDEX).sum() for b in batches if "teacher_labels" in b)
+        return [torch.as_tensor(student), torch.as_tensor(teacher)]
+
+    kd_batches = [b.get("kd", b) for b in micro_batches]
+    sampled = sum(1 for b in micro_batches if "kd" in b)
+    values = [*labels(micro_batches), *labels(kd_batches), torch.as_tensor(sampled)]
+    counts = accelerator.reduce(torch.stack(values).to(accelerator.device).float(), reduction="sum")
+    if float(counts[4]) == 0:  # no sample anywhere in the step: the ordinary single-batch path
+        return TokenCounts(student=float(counts[0]), teacher=float(counts[1]))
+    return TokenCounts(
+        float(counts[0]), float(counts[1]), kd_student=float(counts[2]), kd_teacher=float(counts[3])
+    )
 
 
 def train_step(

@@ -81,8 +81,11 @@ class DSKDDistiller(Distiller):
             )
         return state
 
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
+    def forward(
+        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, *, kd_rate: float | None = None
+    ) -> LossOutput:
         d = self.spec.distill
+        rate = d.kd_rate if kd_rate is None else kd_rate  # split_loss asks for the KD part alone (1.0)
         h_s, labels = student_positions(self.student, batch)
         h_t = teacher_positions(self.teacher, batch)
         n = labels.numel()
@@ -119,10 +122,10 @@ class DSKDDistiller(Distiller):
         sums = chunked_sum(chunk, h_s, h_t, labels, chunk_size=d.loss_chunk_size)
         scale = kd_scale(d)
         kd = scale * (sums[1] + sums[3]) + sums[2]
-        loss = ((1.0 - d.kd_rate) * sums[0] + d.kd_rate * kd) / denominator
+        loss = ((1.0 - rate) * sums[0] + rate * kd) / denominator
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = (
             scale * (metrics["kd_student_space"] + metrics["kd_teacher_space"]) + metrics["ce_t2s"]
         )
-        metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]
+        metrics["loss"] = (1.0 - rate) * metrics["ce"] + rate * metrics["kd"]
         return LossOutput(loss, metrics)

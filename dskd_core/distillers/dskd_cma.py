@@ -145,9 +145,11 @@ class DSKDCMADistiller(Distiller):
         self.t2s = nn.Linear(d_t, d_s, device=device)
         self.s2t = nn.Linear(d_s, d_t, device=device)
 
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
+    def forward(
+        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, *, kd_rate: float | None = None
+    ) -> LossOutput:
         h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens)
+        return self.loss_from_hidden(batch, h_s, h_t, tokens, kd_rate=kd_rate)
 
     def rows(self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor) -> CMARows:
         """Queries, keys and values of the response rows of both sides."""
@@ -180,9 +182,16 @@ class DSKDCMADistiller(Distiller):
             )
 
     def loss_from_hidden(
-        self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor, tokens: TokenCounts
+        self,
+        batch: dict[str, torch.Tensor],
+        h_s: torch.Tensor,
+        h_t: torch.Tensor,
+        tokens: TokenCounts,
+        *,
+        kd_rate: float | None = None,
     ) -> LossOutput:
         d = self.spec.distill
+        rate = d.kd_rate if kd_rate is None else kd_rate  # split_loss asks for the KD part alone (1.0)
         rows = self.rows(batch, h_s, h_t)
         n, m = rows.y_s.numel(), rows.y_t.numel()
         denominator, teacher_denom = step_denominator(tokens, n), teacher_denominator(tokens, m)
@@ -202,7 +211,7 @@ class DSKDCMADistiller(Distiller):
         ce, kd_stu, ce_t2s, kd_tea = sums[0], sums[1], sums[2], sums[6]
         scale = kd_scale(d)
         kd = scale * kd_stu / denominator + ce_t2s / denominator + scale * kd_tea / teacher_denom
-        loss = (1.0 - d.kd_rate) * ce / denominator + d.kd_rate * kd
+        loss = (1.0 - rate) * ce / denominator + rate * kd
         ce_, kd_stu_, ce_t2s_, entropy_, attended_, t2s_ok_, kd_tea_, s2t_ok_, _ = (
             sums.detach().double().tolist()
         )
@@ -220,7 +229,7 @@ class DSKDCMADistiller(Distiller):
         metrics["kd"] = (
             scale * (metrics["kd_student_space"] + metrics["kd_teacher_space"]) + metrics["ce_t2s"]
         )
-        metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]
+        metrics["loss"] = (1.0 - rate) * metrics["ce"] + rate * metrics["kd"]
         return LossOutput(loss, metrics)
 
 

@@ -100,14 +100,23 @@ class DSKDETADistiller(Distiller):
             state["s2t.weight"] = self.s2t.weight_from(head)
         return state
 
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
+    def forward(
+        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, *, kd_rate: float | None = None
+    ) -> LossOutput:
         h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens)
+        return self.loss_from_hidden(batch, h_s, h_t, tokens, kd_rate=kd_rate)
 
     def loss_from_hidden(
-        self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor, tokens: TokenCounts
+        self,
+        batch: dict[str, torch.Tensor],
+        h_s: torch.Tensor,
+        h_t: torch.Tensor,
+        tokens: TokenCounts,
+        *,
+        kd_rate: float | None = None,
     ) -> LossOutput:
         d = self.spec.distill
+        rate = d.kd_rate if kd_rate is None else kd_rate  # split_loss asks for the KD part alone (1.0)
         rows = aligned_rows(h_s, h_t, batch["eta_teacher_index"], batch["labels"], batch["teacher_labels"])
         n = rows.n
         denominator = step_denominator(tokens, n)
@@ -157,10 +166,10 @@ class DSKDETADistiller(Distiller):
         sums = chunked_sum(chunk, rows.h_s, rows.h_t, rows.labels, rows.aligned, chunk_size=d.loss_chunk_size)
         scale = kd_scale(d)
         kd = scale * (sums[1] + sums[3]) + sums[2]
-        loss = ((1.0 - d.kd_rate) * sums[0] + d.kd_rate * kd) / denominator
+        loss = ((1.0 - rate) * sums[0] + rate * kd) / denominator
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = (
             scale * (metrics["kd_student_space"] + metrics["kd_teacher_space"]) + metrics["ce_t2s"]
         )
-        metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]
+        metrics["loss"] = (1.0 - rate) * metrics["ce"] + rate * metrics["kd"]
         return LossOutput(loss, metrics)

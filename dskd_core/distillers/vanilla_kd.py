@@ -42,8 +42,11 @@ class VanillaKDDistiller(Distiller):
             models.output_head(ctx.teacher).weight,
         )
 
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
+    def forward(
+        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, *, kd_rate: float | None = None
+    ) -> LossOutput:
         d = self.spec.distill
+        rate = d.kd_rate if kd_rate is None else kd_rate  # split_loss asks for the KD part alone (1.0)
         h_s, labels = student_positions(self.student, batch)
         h_t = teacher_positions(self.teacher, batch)
         n = labels.numel()
@@ -74,8 +77,8 @@ class VanillaKDDistiller(Distiller):
 
         sums = chunked_sum(chunk, h_s, h_t, labels, chunk_size=d.loss_chunk_size)
         ce, kd = sums[0], kd_scale(d) * sums[1]
-        loss = ((1.0 - d.kd_rate) * ce + d.kd_rate * kd) / denominator
+        loss = ((1.0 - rate) * ce + rate * kd) / denominator
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = kd_scale(d) * metrics["kd_divergence"]
-        metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]
+        metrics["loss"] = (1.0 - rate) * metrics["ce"] + rate * metrics["kd"]
         return LossOutput(loss, metrics)
