@@ -1,12 +1,15 @@
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-all lint bench services
+.PHONY: setup demo demo-engine test test-all lint bench services
 
 setup:  ## create .venv and install everything (CPU torch first)
 	bash scripts/setup.sh
 
-demo: setup  ## the main job: toy world -> DSKD distillation -> export, on CPU in minutes
+demo: setup  ## the main job: embedded service + toy world -> DSKD job over REST -> download and load the student
 	bash scripts/demo.sh
+
+demo-engine: setup  ## the same distillation with the engine alone (no service)
+	bash scripts/demo_engine.sh
 
 test: setup  ## the default test run (CPU, no network; starts PostgreSQL/Redis if needed)
 	bash scripts/test.sh
@@ -14,8 +17,14 @@ test: setup  ## the default test run (CPU, no network; starts PostgreSQL/Redis i
 test-all: setup  ## including slow tests
 	bash scripts/test.sh -m "slow or not slow"
 
+services:  ## start (or install) PostgreSQL and Redis on 127.0.0.1
+	bash scripts/services.sh
+
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 bench: setup  ## benchmarks print ratios measured in one run
 	$(PY) bench/loss_memory.py
+	$(PY) bench/alignment.py
+	$(PY) bench/api_load.py
+	$(PY) bench/quality.py

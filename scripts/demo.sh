@@ -1,38 +1,39 @@
 #!/usr/bin/env bash
-# The main job, on CPU: build the toy world (once, cached in ./toy_world), distil its student from its teacher
-# with DSKD, export the student, and print the student's dev loss before and after (and the teacher's).
+# The main job, through the service, on CPU: start the embedded stack (API + worker on SQLite, nothing to install),
+# build the toy world (once, cached in ./toy_world), submit a DSKD job over REST, stream its progress (SSE),
+# download the distilled student, load it with plain transformers and let it answer held-out prompts.
 #
-#   bash scripts/demo.sh                 # DSKD
-#   METHOD=sft bash scripts/demo.sh      # the same budget with another method: sft, vanilla_kd, dskd
-#   STEPS=400 bash scripts/demo.sh       # a longer run
-#   SIZE=fast WORLD=toy_world_fast bash scripts/demo.sh   # the small world the tests use (a quick check)
+#   make demo                    # defaults
+#   STEPS=300 make demo          # a longer job
+#   SIZE=fast make demo          # the tiny world the tests use (about a minute)
+# The engine alone, without the service: scripts/demo_engine.sh (METHOD=sft|vanilla_kd|dskd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-METHOD=${METHOD:-dskd}
-STEPS=${STEPS:-150}
-WORLD=${WORLD:-toy_world}
 SIZE=${SIZE:-full}
-RUN_DIR=${RUN_DIR:-runs/demo-$METHOD}
+WORLD=${WORLD:-toy_world}
+[ "$SIZE" = fast ] && WORLD=${WORLD%_fast}_fast
+STEPS=${STEPS:-150}
+PORT=${PORT:-$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 DSKD=".venv/bin/python -m dskd_core"
 start=$SECONDS
 
-echo "== 1/2 toy world ($WORLD: teacher, students, data; built once, then reused)"
+echo "== 1/3 toy world ($WORLD: a trained teacher, an untrained student, instruction data; built once)"
 $DSKD toy --out "$WORLD" --size "$SIZE"
 
-echo "== 2/2 distilling the student with $METHOD ($STEPS steps) into $RUN_DIR"
-rm -rf "$RUN_DIR"  # a fresh run, so that the 'before' figure is measured (dskd train would resume otherwise)
-# The world's demo.yaml holds the pair, the data and its prompt template; the budget is set here.
-$DSKD train "$WORLD/demo.yaml" --run-dir "$RUN_DIR" --method "$METHOD" \
-  --set training.max_steps="$STEPS" \
-  --set training.batch_size=16 \
-  --set training.lr=2e-3 \
-  --set training.warmup_ratio=0.05 \
-  --set training.eval_interval=50 \
-  --set training.checkpoint_interval=50 \
-  --set training.log_interval=5 \
-  --set data.dev_max_examples=200
+# A fresh embedded service for the demo; the toy world is its models root (jobs name models by path under it).
+export DSKD_DATA_DIR=${DSKD_DATA_DIR:-.dskd-demo}
+export DSKD_MODELS_ROOT="$PWD/$WORLD"
+rm -rf "$DSKD_DATA_DIR" runs/demo-service
+KEY=$($DSKD keys create demo | tail -n 1)
 
-echo "== done in $((SECONDS - start)) s. The student loads with"
-echo "   AutoModelForCausalLM.from_pretrained('$RUN_DIR/export'); files and hashes in $RUN_DIR/export/manifest.json"
+echo "== 2/3 starting the service on http://127.0.0.1:$PORT (API docs at /docs, dashboard at /ui/)"
+$DSKD serve --port "$PORT" > "$DSKD_DATA_DIR/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+
+echo "== 3/3 the client: upload, submit, stream, download, load and answer"
+.venv/bin/python scripts/demo_client.py --url "http://127.0.0.1:$PORT" --key "$KEY" --world "$WORLD" --steps "$STEPS" \
+  || { echo "-- service log ($DSKD_DATA_DIR/serve.log):"; tail -n 40 "$DSKD_DATA_DIR/serve.log"; exit 1; }
+echo "== done in $((SECONDS - start)) s (service log: $DSKD_DATA_DIR/serve.log)"

@@ -70,7 +70,12 @@ class DbProgressSink:
             "elapsed_seconds": round(elapsed, 2),
             "eta_seconds": self._eta(now, event.step, event.total_steps),
         }
-        if event.message:
+        if event.type in ("checkpoint", "exported"):
+            # The engine's message is a server path: users see what happened, not where it lives on the worker.
+            payload["message"] = (
+                f"{'checkpoint saved' if event.type == 'checkpoint' else 'student exported'} at step {event.step}"
+            )
+        elif event.message:
             payload["message"] = event.message
         event_type = {"step": "progress", "started": "log", "exported": "log"}.get(event.type, event.type)
         if event.type == "started":

@@ -144,7 +144,7 @@ def test_preflight_refuses_a_same_vocabulary_method_on_a_cross_vocabulary_pair(
     assert time.monotonic() - started < 20
     error = get_job(sessions, job_id).error
     assert error["code"] == "preflight_failed"
-    assert "identical tokenizers" in error["message"] and "dskd" in error["message"]
+    assert "share one tokenizer" in error["message"] and "dskd_cma" in error["message"]
     assert not (worker_settings.runs_dir / job_id / "checkpoints").exists()
 
 
