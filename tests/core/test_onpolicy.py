@@ -129,7 +129,7 @@ def test_cross_vocabulary_samples_are_retokenised_for_the_teacher(toy_world, met
     ("method", "cross"), [("vanilla_kd", False), ("dskd", False), ("dskd_eta", True), ("dskd_cma", True)]
 )
 def test_a_few_on_policy_steps_train(toy_world, tmp_path, method, cross):
-    result = run_job(make_spec(toy_world, method, cross=cross, grad_accum=2), tmp_path)
+    result = run_job(make_spec(toy_world, method, cross=cross, max_steps=1, grad_accum=2), tmp_path)
     assert result.status == "completed" and math.isfinite(result.metrics["loss"])
     assert result.metrics["on_policy"] == 1.0 and "sample_ce" in result.metrics
 
@@ -137,9 +137,9 @@ def test_a_few_on_policy_steps_train(toy_world, tmp_path, method, cross):
 def test_resume_reproduces_an_on_policy_run(toy_world, tmp_path):
     from tests.core.test_checkpoint import CancelAfter
 
-    spec = make_spec(toy_world, "dskd", ratio=0.5, max_steps=4, checkpoint_interval=1)
+    spec = make_spec(toy_world, "dskd", ratio=0.5, max_steps=2, grad_accum=2, checkpoint_interval=1)
     straight = run_job(spec, tmp_path / "straight")
-    assert run_job(spec, tmp_path / "resumed", cancel=CancelAfter(2)).steps == 2
+    assert run_job(spec, tmp_path / "resumed", cancel=CancelAfter(1)).steps == 1
     resumed = run_job(spec, tmp_path / "resumed")
     assert resumed.metrics["loss"] == pytest.approx(straight.metrics["loss"], rel=1e-5)
     assert resumed.metrics["on_policy"] == straight.metrics["on_policy"]
