@@ -279,7 +279,7 @@ def prepare(spec: JobSpec, device: torch.device, *, run_dir: str | Path | None =
     teacher model here.
     """
     from dskd_core.data.build import build_datasets
-    from dskd_core.distillers.common import same_vocabulary
+    from dskd_core.preflight import check_pair
 
     import_distillers()
     try:
@@ -289,12 +289,8 @@ def prepare(spec: JobSpec, device: torch.device, *, run_dir: str | Path | None =
     info = spec.method_info
     student_tok = models.load_tokenizer(spec.student)
     teacher_tok = models.load_tokenizer(spec.teacher) if info.needs_teacher and spec.teacher else None
-    if info.vocabulary == "same" and not same_vocabulary(student_tok, teacher_tok):
-        raise PreflightError(
-            f"method '{spec.distill.method.value}' needs the teacher and the student to share one tokenizer, but "
-            f"'{spec.teacher.name_or_path}' and '{spec.student.name_or_path}' have different vocabularies; "
-            "use a cross-vocabulary method (dskd_cma, dskd_eta, shared_vocab_kd, uld, mined)"
-        )
+    if info.vocabulary != "none" and teacher_tok is not None:
+        check_pair(spec.distill.method, teacher_tok, student_tok)  # PreflightError naming the valid methods
     dual = info.vocabulary == "cross"
     student = models.load_model(spec.student, trainable=True, device=device)
     teacher = None
