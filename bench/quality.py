@@ -24,6 +24,7 @@ results.md and quality.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -104,9 +105,12 @@ QUICK_ROWS: list[Row] = [
     Row("dskd_fkl", "dskd", "student", {"distill.divergence": "fkl"}),
 ]
 
+# One epoch of the student's 8000 records (the teacher saw 40000 for 1000 steps of 64): SFT lands at about a
+# third of the teacher's Rouge-L here (bench calibration, docs/results.md). One torch thread per run, two runs at
+# a time: tiny models crawl with two threads on a shared 2-core machine.
 FULL_BUDGET = Budget(
-    steps=250, batch_size=16, lr=2e-3, train_examples=4000, seeds=(0, 1, 2), eval_dev=180, eval_test=270,
-    dev_ce_examples=90,
+    steps=500, batch_size=16, lr=2e-3, train_examples=8000, seeds=(0, 1, 2), eval_dev=450, eval_test=900,
+    dev_ce_examples=90, threads=1, jobs=2,
 )  # fmt: skip
 QUICK_BUDGET = Budget(
     steps=6, batch_size=8, lr=2e-3, train_examples=64, seeds=(0,), eval_dev=9, eval_test=9, dev_ce_examples=8,
@@ -139,6 +143,7 @@ def job_spec(world, row: Row, budget: Budget, seed: int):
             "prompt_template": prompt_template(world),
         },
         "distill": {"method": row.method, "kd_rate": budget.kd_rate, "temperature": budget.temperature},
+        "evaluation": {"batch_size": 64},  # seqkd's teacher generation batch
         "training": {
             "max_steps": budget.steps,
             "batch_size": budget.batch_size,
@@ -208,6 +213,11 @@ def run_one(world, row: Row, budget: Budget, seed: int, runs_dir: Path) -> dict[
     record: dict[str, Any] = {"row": row.name, "method": row.method, "student": row.student, "seed": seed}
     record["overrides"] = row.overrides
     run_dir = runs_dir / f"{row.name}-seed{seed}"
+    if row.method == "seqkd" and "distill.seqkd_data_path" not in row.overrides:
+        # Greedy teacher outputs do not depend on the student's seed: generated once, reused by the other seeds.
+        digest = hashlib.sha256(fingerprint(world, budget).encode()).hexdigest()[:12]
+        cache = runs_dir / f"seqkd-teacher-{digest}.jsonl"
+        row = replace(row, overrides={**row.overrides, "distill.seqkd_data_path": str(cache)})
     try:
         spec = job_spec(world, row, budget, seed)
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: run_job would resume from old checkpoints
@@ -253,8 +263,20 @@ def _init_worker(threads: int) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # a bar per weight load would bury the per-run lines in the log
     torch.set_num_threads(threads)
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Import what the first run would otherwise import inside its timed section."""
+    import accelerate  # noqa: F401
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM  # noqa: F401
+
+    from dskd_core.data.build import build_datasets  # noqa: F401
+    from dskd_core.train import import_distillers
+
+    import_distillers()
 
 
 def fingerprint(world, budget: Budget) -> str:
@@ -292,12 +314,10 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every (row, seed) not already in out/runs.jsonl with these settings; return the summary."""
     import torch
-    from transformers.utils import logging as hf_logging
 
     from dskd_core.evaluate import mean_std
 
-    hf_logging.disable_progress_bar()  # a bar per weight load would bury the per-run lines in the log
-    torch.set_num_threads(budget.threads)
+    _init_worker(budget.threads)
     out.mkdir(parents=True, exist_ok=True)
     log_path, key = out / "runs.jsonl", fingerprint(world, budget)
     records = [r for r in _read_jsonl(log_path) if r.get("fingerprint") == key]
