@@ -23,6 +23,7 @@ from api.services import artifacts as artifact_service
 from api.services import events as event_service
 from api.services import jobs as job_service
 from api.settings import Settings, get_settings
+from dskd_core.errors import PreflightError
 from worker.celery_app import app
 from worker.progress import DbProgressSink, LeaseKeeper, SessionFactory
 
@@ -65,9 +66,17 @@ def resolve_paths(spec_dict: dict[str, Any], settings: Settings, dataset_path: P
         model = spec.get(role)
         if not model:
             continue
-        candidate = (settings.models_root / model["name_or_path"]).resolve()
+        name = model["name_or_path"]
+        candidate = (settings.models_root / name).resolve()
         if candidate.is_relative_to(settings.models_root) and candidate.exists():
             spec[role] = dict(model, name_or_path=str(candidate))
+        elif not Path(name).is_absolute() and Path(name).exists():
+            # transformers would load a hub id from a same-named folder in the worker's working directory:
+            # a path the user never had the right to name.
+            raise PreflightError(
+                f"{role}.name_or_path: '{name}' is a hub id here, but the worker has a local folder of that name; "
+                "refusing to load it (move the model under the models root or use the full 'org/name' id)"
+            )
     return spec
 
 

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from api.services.datasets import get_owned
 from dskd_core.spec import JobSpec
 
-# Hub ids as the hub accepts them: "org/name", word characters, dots and dashes, no ".." or "--" runs.
-HUB_ID = re.compile(r"^(?!.*(\.\.|--))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+# Hub ids as the hub accepts them: "org/name" or a legacy bare name ("gpt2"), word characters, dots and dashes,
+# no ".." or "--" runs.
+HUB_ID = re.compile(r"^(?!.*(\.\.|--))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 # Paths the engine would read or write that only the server may set.
 SERVER_ONLY_FIELDS = (("data", "path"), ("data", "dev_path"), ("distill", "seqkd_data_path"))
 
@@ -50,7 +51,7 @@ def resolve_model(name: str, models_root: Path) -> tuple[str | None, str | None]
         return str(candidate), None
     if HUB_ID.fullmatch(name):
         return name, None
-    return None, f"'{name}' is neither a directory under models_root nor a hub id of the form 'org/name'"
+    return None, f"'{name}' is neither a directory under models_root nor a hub id such as 'org/name'"
 
 
 def check_submission(session: Session, spec: JobSpec, *, owner: str, models_root: Path) -> Submission:

@@ -59,13 +59,22 @@ def test_model_location_rules(client: TestClient, alice, dataset_id: str, settin
     (models_root / "tiny").mkdir(parents=True)
     outside = models_root.parent / "elsewhere"
     outside.mkdir()
-    refused = ["../elsewhere", str(outside), "/etc", "tiny/../../elsewhere", "no-such-model", "./missing"]
+    refused = [
+        "../elsewhere",
+        str(outside),
+        "/etc",
+        "tiny/../../elsewhere",
+        "./missing",
+        "a/b/c",
+        "bad name!",
+    ]
     for name in refused:
         body = job_body(dataset_id, student={"name_or_path": name})
         assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, "student.name_or_path")
     for name, stored in (
         ("tiny", str(models_root / "tiny")),
         (str(models_root / "tiny"), str(models_root / "tiny")),
+        ("gpt2", "gpt2"),  # a legacy bare hub id; whether it exists is the worker's pre-flight to tell
     ):
         body = job_body(dataset_id, student={"name_or_path": name})
         response = client.post("/v1/jobs", headers=alice, json=body)

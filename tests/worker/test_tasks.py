@@ -10,7 +10,7 @@ import torch
 
 from api.db.models import Job
 from api.services import jobs as job_service
-from dskd_core.errors import NonFiniteLossError
+from dskd_core.errors import NonFiniteLossError, PreflightError
 from dskd_core.progress import ProgressEvent, RunResult
 from tests.worker.conftest import events_of, expire_lease, get_job, tiny_spec
 from worker import tasks
@@ -211,3 +211,24 @@ def test_a_worker_that_lost_its_lease_records_nothing(monkeypatch, worker_settin
     assert outcome == "lease_lost"
     job = get_job(sessions, job_id)
     assert (job.status, job.lease_owner, job.attempt) == ("running", "w2", 2)
+
+
+def test_a_hub_id_never_loads_a_same_named_folder_of_the_worker(worker_settings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gpt2").mkdir()  # e.g. left over in the worker's working directory
+    spec = {"student": {"name_or_path": "gpt2"}, "data": {"dataset_id": "d"}}
+    with pytest.raises(PreflightError, match=r"student\.name_or_path"):
+        tasks.resolve_paths(spec, worker_settings, None)
+    (tmp_path / "gpt2").rmdir()
+    assert tasks.resolve_paths(spec, worker_settings, None)["student"]["name_or_path"] == "gpt2"
+
+
+def test_model_names_under_the_models_root_become_absolute_paths(worker_settings, tmp_path):
+    worker_settings = worker_settings.model_copy(update={"models_root": tmp_path})
+    model_dir = worker_settings.models_root / "teachers" / "big"
+    model_dir.mkdir(parents=True)
+    spec = {"teacher": {"name_or_path": "teachers/big"}, "student": {"name_or_path": "org/small"}, "data": {}}
+    resolved = tasks.resolve_paths(spec, worker_settings, Path("/data/x.jsonl"))
+    assert resolved["teacher"]["name_or_path"] == str(model_dir.resolve())
+    assert resolved["student"]["name_or_path"] == "org/small"
+    assert resolved["data"]["path"] == "/data/x.jsonl"
