@@ -33,6 +33,7 @@ def reap_once(
         requeued = job_service.find_stale_jobs(
             session, now=now, queued_older_than=settings.queued_resend_seconds
         )
+        job_service.mark_resent(session, requeued, now=now)
     for job_id in requeued:
         enqueue(job_id)
     if requeued or failed:

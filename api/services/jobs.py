@@ -156,17 +156,33 @@ def renew_lease(
 def find_stale_jobs(
     session: Session, now: datetime | None = None, *, queued_older_than: float = 600.0
 ) -> list[str]:
-    """Jobs to re-send: expired leases with attempts left, and queued jobs never claimed for a while."""
+    """Jobs to re-send: expired leases with attempts left, and queued jobs never claimed for a while.
+
+    A job already re-sent (`mark_resent` moves its `updated_at` past the lease expiry) is not re-sent again
+    before `queued_older_than` seconds, so a long queue does not fill with duplicate messages.
+    """
     now = now or utcnow()
+    resend_before = now - timedelta(seconds=queued_older_than)
     expired = and_(
-        Job.status.in_(LEASED_STATUSES), Job.lease_expires_at < now, Job.attempt < Job.max_attempts
+        Job.status.in_(LEASED_STATUSES),
+        Job.lease_expires_at < now,
+        Job.attempt < Job.max_attempts,
+        or_(Job.updated_at <= Job.lease_expires_at, Job.updated_at < resend_before),
     )
-    forgotten = and_(
-        Job.status == S.queued,
-        Job.lease_owner.is_(None),
-        Job.created_at < now - timedelta(seconds=queued_older_than),
-    )
+    forgotten = and_(Job.status == S.queued, Job.lease_owner.is_(None), Job.updated_at < resend_before)
     return list(session.scalars(select(Job.id).where(or_(expired, forgotten)).order_by(Job.created_at)))
+
+
+def mark_resent(session: Session, job_ids: list[str], now: datetime | None = None) -> None:
+    """Record that these jobs were just re-sent to the queue (see `find_stale_jobs`)."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids))
+            .values(updated_at=now or utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
 
 
 def fail_exhausted_jobs(session: Session, now: datetime | None = None) -> list[str]:

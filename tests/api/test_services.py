@@ -132,9 +132,24 @@ def test_renew_lease_lost_after_another_claim(session: Session) -> None:
 
 
 def test_find_stale_includes_forgotten_queued_jobs(session: Session) -> None:
-    old = new_job(session, created_at=utcnow() - timedelta(hours=1))
+    hour_ago = utcnow() - timedelta(hours=1)
+    old = new_job(session, created_at=hour_ago, updated_at=hour_ago)
     new_job(session)
     assert svc.find_stale_jobs(session, queued_older_than=600) == [old.id]
+    svc.mark_resent(session, [old.id])
+    assert svc.find_stale_jobs(session, queued_older_than=600) == []  # not re-sent on every pass
+    assert old.id in svc.find_stale_jobs(session, utcnow() + timedelta(seconds=601), queued_older_than=600)
+
+
+def test_an_expired_lease_is_resent_once_per_interval(session: Session) -> None:
+    job = new_job(session)
+    t0 = utcnow()
+    svc.claim_job(session, job.id, "a", 10, now=t0)
+    later = t0 + timedelta(seconds=30)
+    assert svc.find_stale_jobs(session, later, queued_older_than=600) == [job.id]
+    svc.mark_resent(session, [job.id], now=later)
+    assert svc.find_stale_jobs(session, later + timedelta(seconds=60), queued_older_than=600) == []
+    assert svc.find_stale_jobs(session, later + timedelta(seconds=601), queued_older_than=600) == [job.id]
 
 
 def test_append_event_seq_under_concurrent_writers(session: Session, db_url: str) -> None:

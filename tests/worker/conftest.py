@@ -86,9 +86,12 @@ def events_of(sessions: SessionFactory, job_id: str) -> list[JobEvent]:
 
 
 def expire_lease(sessions: SessionFactory, job_id: str) -> None:
-    """What time does to a dead worker's lease."""
+    """What time does to a dead worker's lease: its last renewal was a lease ago and it has run out."""
+    expired = utcnow() - timedelta(seconds=1)
     with sessions() as s:
         s.execute(
-            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            update(Job)
+            .where(Job.id == job_id)
+            .values(lease_expires_at=expired, updated_at=expired - timedelta(seconds=30))
         )
         s.commit()
