@@ -24,6 +24,10 @@ def worker_command(*, loglevel: str = "INFO", hostname: str = "dskd-embedded@%h"
     ]  # fmt: skip
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(
     host: str = "127.0.0.1", port: int = 8000, *, with_worker: bool = True, loglevel: str = "INFO"
 ) -> None:
@@ -35,6 +39,9 @@ def serve(
     settings = get_settings()
     settings.ensure_dirs()
     init_db(settings)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; turning it into SystemExit lets the
+    # `finally` below stop the worker instead of leaving it orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker: subprocess.Popen[bytes] | None = None
     if with_worker:
         worker = subprocess.Popen(worker_command(loglevel=loglevel), env=os.environ.copy())
