@@ -24,8 +24,11 @@ app = typer.Typer(
         "Examples:\n\n"
         "dskd toy --out toy_world          build a CPU teacher, students and data\n\n"
         "dskd train job.yaml --run-dir r   train (resuming from r), then export\n\n"
+        "dskd pair-report TEACHER STUDENT  shared vocabulary and the methods that suit the pair\n\n"
+        "dskd eval MODEL_DIR dev.jsonl     Rouge-L and exact match of a model or an export\n\n"
+        "dskd keys create me; dskd serve   the job service (API, dashboard at /ui/, docs at /docs)\n\n"
         "dskd spec-schema                  the JSON schema of a job spec\n\n"
-        "Job specs: see README.md and scripts/demo.sh."
+        "Job specs: see README.md and toy_world/demo.yaml."
     ),
     no_args_is_help=True,
     add_completion=False,
