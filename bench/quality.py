@@ -12,13 +12,13 @@ record's references (`dskd_core.evaluate`). Scores are mean ± population std (d
 The teacher and the untrained students are evaluated the same way (one pass, no seeds). Wall time is measured
 per run: training (`run_job`: set-up, data, steps, export) and evaluation (generation and scoring) separately.
 
-On-policy rows are resolved during the run: the off-policy KD row with the best mean dev Rouge-L for that
-student (over the seeds run so far) is repeated with the on-policy overrides. Dev picks, test reports.
+On-policy rows are resolved after the off-policy ones: the off-policy KD row (of a method on-policy KD supports)
+with the best mean dev Rouge-L for that student is repeated with the on-policy overrides. Dev picks, test reports.
 
 A row whose method or settings are not available in this checkout (unknown spec field, unregistered distiller)
 is recorded as "not run: <reason>"; any other failure is recorded as "failed: <error>"; the bench goes on.
-Outputs in --out: runs.jsonl (one line per run, reused on a rerun with the same settings), results.json,
-results.md and quality.png.
+Outputs in --out: runs.jsonl (one line per run; finished runs are reused by a rerun with the same settings, the
+others are tried again), results.json, results.md and quality.png (--ablation: ablation.json/.md/.png).
 """
 
 from __future__ import annotations
@@ -98,6 +98,33 @@ ROWS: list[Row] = [
     Row("dskd_eta", "dskd_eta", "cross_student", {"distill.divergence": "fkl"}),
     Row("onpolicy_best", "", "student", ON_POLICY, on_policy_of="student"),
     Row("onpolicy_best_cross", "", "cross_student", ON_POLICY, on_policy_of="cross_student"),
+]
+# Why KD does or does not beat SFT here: the KD temperature, the KD weight and DSKD's v1 recipe (trained random
+# projectors, gold-label t2s CE), each changed alone from the main rows' settings (`--ablation`).
+ABLATION_ROWS: list[Row] = [
+    Row("sft", "sft"),
+    Row("vanilla_kd_fkl", "vanilla_kd", "student", {"distill.divergence": "fkl"}),
+    Row("dskd_fkl", "dskd", "student", {"distill.divergence": "fkl"}),
+    Row(
+        "vanilla_kd_fkl_tau1",
+        "vanilla_kd",
+        "student",
+        {"distill.divergence": "fkl", "distill.temperature": 1.0},
+    ),
+    Row("dskd_fkl_tau1", "dskd", "student", {"distill.divergence": "fkl", "distill.temperature": 1.0}),
+    Row(
+        "vanilla_kd_fkl_rate0.2",
+        "vanilla_kd",
+        "student",
+        {"distill.divergence": "fkl", "distill.kd_rate": 0.2},
+    ),
+    Row("dskd_fkl_rate0.2", "dskd", "student", {"distill.divergence": "fkl", "distill.kd_rate": 0.2}),
+    Row(
+        "dskd_fkl_v1_random",
+        "dskd",
+        "student",
+        {"distill.divergence": "fkl", "distill.projector_init": "random", "distill.dskd_variant": "v1"},
+    ),
 ]
 QUICK_ROWS: list[Row] = [
     Row("sft", "sft"),
@@ -291,8 +318,11 @@ def fingerprint(world, budget: Budget) -> str:
 
 
 def resolve_on_policy(row: Row, rows: list[Row], records: list[dict[str, Any]]) -> Row | str:
-    """The on-policy version of the best off-policy KD row of `row.on_policy_of` by mean dev Rouge-L."""
-    candidates = [r for r in rows if r.student == row.on_policy_of and r.method not in {"sft", "seqkd", ""}]
+    """The on-policy version of the best off-policy KD row of `row.on_policy_of` by mean dev Rouge-L (among the
+    methods on-policy KD supports: uld and mined have no position-wise KD term to move onto student samples)."""
+    from dskd_core.spec import ON_POLICY_METHODS
+
+    candidates = [r for r in rows if r.student == row.on_policy_of and r.method in ON_POLICY_METHODS]
     best, best_score = None, float("-inf")
     for r in candidates:
         scores = [x["dev_rougeL"] for x in records if x["row"] == r.name and x["status"] == "ok"]
@@ -320,7 +350,12 @@ def run_bench(
     _init_worker(budget.threads)
     out.mkdir(parents=True, exist_ok=True)
     log_path, key = out / "runs.jsonl", fingerprint(world, budget)
-    records = [r for r in _read_jsonl(log_path) if r.get("fingerprint") == key]
+    # Runs that did not finish (not available then, or failed) are tried again.
+    records = [
+        r
+        for r in _read_jsonl(log_path)
+        if r.get("fingerprint") == key and (r.get("reference") or r.get("status") == "ok")
+    ]
     started, load_before = time.perf_counter(), _load()
     refs = _reference_scores(world, budget, out, records, say) if references else {}
 
@@ -447,6 +482,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--world", type=Path, help="toy world directory (built there if missing)")
     parser.add_argument("--out", type=Path, help="output directory (default bench/out/quality[-quick])")
+    parser.add_argument(
+        "--ablation", action="store_true", help="the ablation rows (temperature, kd_rate, DSKD v1)"
+    )
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--seeds", type=int, help="number of training seeds (default 3, quick 1)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (overrides the budget)")
@@ -459,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     bench_dir = Path(__file__).resolve().parent
     budget, rows = (QUICK_BUDGET, QUICK_ROWS) if args.quick else (FULL_BUDGET, ROWS)
+    if args.ablation:
+        rows = ABLATION_ROWS
     if args.seeds:
         budget = replace(budget, seeds=tuple(range(args.seeds)))
     if args.steps:
@@ -469,24 +509,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         budget = replace(budget, jobs=args.jobs)
     if args.rows:
         wanted = args.rows.split(",")
-        unknown = sorted(set(wanted) - {r.name for r in ROWS + QUICK_ROWS})
+        unknown = sorted(set(wanted) - {r.name for r in ROWS + QUICK_ROWS + ABLATION_ROWS})
         if unknown:
             parser.error(f"unknown rows {unknown}; rows: {', '.join(r.name for r in ROWS)}")
-        rows = [r for r in {r.name: r for r in QUICK_ROWS + ROWS}.values() if r.name in wanted]
+        rows = [
+            r for r in {r.name: r for r in QUICK_ROWS + ABLATION_ROWS + ROWS}.values() if r.name in wanted
+        ]
     size = "fast" if args.quick else "full"
     world_dir = args.world or (
         bench_dir / "out" / "toy_world_fast" if args.quick else bench_dir.parent / "toy_world"
     )
+    # The ablation shares the main run's directory: its sft/vanilla_kd_fkl/dskd_fkl runs are reused from there.
     out = args.out or bench_dir / "out" / ("quality-quick" if args.quick else "quality")
+    stem, plot = ("ablation", "ablation.png") if args.ablation else ("results", "quality.png")
     if args.fresh and (out / "runs.jsonl").exists():
         (out / "runs.jsonl").unlink()
     world = build_toy_world(world_dir, size=size, seed=0, progress=print)
     summary = run_bench(world, rows, budget, out)
     summary["command"] = "bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    write_markdown(summary, out / "results.md")
-    write_plot(summary, out / "quality.png")
-    print(f"wrote {out / 'results.md'}, {out / 'quality.png'} ({summary['bench_seconds']:.0f} s)")
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+    write_markdown(summary, out / f"{stem}.md")
+    write_plot(summary, out / plot)
+    print(f"wrote {out / f'{stem}.md'}, {out / plot} ({summary['bench_seconds']:.0f} s)")
     return summary
 
 
