@@ -488,6 +488,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--seeds", type=int, help="number of training seeds (default 3, quick 1)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (overrides the budget)")
+    parser.add_argument(
+        "--train-examples", type=int, help="training records the student sees (overrides the budget)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads per run")
     parser.add_argument("--jobs", type=int, help="runs at a time, each in its own process")
     parser.add_argument("--fresh", action="store_true", help="ignore runs recorded in out/runs.jsonl")
@@ -503,6 +506,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         budget = replace(budget, seeds=tuple(range(args.seeds)))
     if args.steps:
         budget = replace(budget, steps=args.steps)
+    if args.train_examples:
+        budget = replace(budget, train_examples=args.train_examples)
     if args.threads:
         budget = replace(budget, threads=args.threads)
     if args.jobs:
