@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem("dskd_api_key") || "";
 let streamAbort = null;
 let selectedJob = null;
+const TERMINAL = ["succeeded", "failed", "cancelled"];
 
 function headers(extra = {}) {
   return { Authorization: `Bearer ${apiKey}`, ...extra };
@@ -34,7 +35,7 @@ function progressCell(job) {
     bar.max = total;
     bar.value = step || 0;
     td.append(bar, ` ${step || 0}/${total}`);
-    if (eta != null && !["succeeded", "failed", "cancelled"].includes(job.status)) td.append(` · ETA ${Math.round(eta)} s`);
+    if (eta != null && !TERMINAL.includes(job.status)) td.append(` · ETA ${Math.round(eta)} s`);
   }
   return td;
 }
@@ -121,6 +122,7 @@ function selectJob(job) {
   selectedJob = job.id;
   $("detail").hidden = false;
   $("detail-title").textContent = `${job.name || job.id} — ${job.status}`;
+  $("cancel").hidden = TERMINAL.includes(job.status);  // a finished job has nothing to cancel
   showArtifacts(job.id).catch((err) => ($("message").textContent = err.message));
   followEvents(job.id).catch((err) => {
     if (err.name !== "AbortError") $("message").textContent = err.message;
