@@ -407,6 +407,8 @@ def run_bench(
         if ok:
             for metric in ("dev_rougeL", "test_rougeL", "dev_em", "test_em"):
                 entry[metric] = mean_std([r[metric] for r in ok]).model_dump()
+            if all(r.get("dev_ce") is not None for r in ok):
+                entry["dev_ce"] = mean_std([r["dev_ce"] for r in ok]).model_dump()
             for metric in ("train_s", "eval_s"):
                 entry[metric] = sum(r[metric] for r in ok) / len(ok)
             if len(ok) < len(runs):

@@ -13,6 +13,7 @@ COLUMNS = (
     "dev Rouge-L",
     "test Rouge-L",
     "test EM",
+    "dev CE",
     "train s",
     "eval s",
     "status",
@@ -20,8 +21,16 @@ COLUMNS = (
 STUDENT_LABEL = {"student": "same vocab", "cross_student": "cross vocab"}
 
 
-def _pm(value: dict[str, float] | None) -> str:
-    return "–" if value is None else f"{value['mean']:.1f} ± {value['std']:.1f}"
+def _pm(value: dict[str, float] | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """Row name; on-policy rows also say which off-policy setting they repeat."""
+    if not row["name"].startswith("onpolicy") or row["method"] == "-":
+        return row["name"]
+    divergence = row["overrides"].get("distill.divergence")
+    return f"{row['name']} = {row['method']}" + (f"_{divergence}" if divergence else "")
 
 
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -44,6 +53,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
                 f"{r['test_rougeL']:.1f}",
                 f"{r['test_em']:.1f}",
                 "-",
+                "-",
                 f"{r['eval_s']:.0f}",
                 "reference",
             ]
@@ -56,13 +66,14 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
         ok = "dev_rougeL" in row
         cells.append(
             [
-                row["name"],
+                row_label(row),
                 method,
                 STUDENT_LABEL[row["student"]],
                 str(row["seeds"]),
                 _pm(row.get("dev_rougeL")),
                 _pm(row.get("test_rougeL")),
                 _pm(row.get("test_em")),
+                _pm(row.get("dev_ce"), digits=3),
                 f"{row['train_s']:.0f}" if ok else "–",
                 f"{row['eval_s']:.0f}" if ok else "–",
                 row["status"].replace("|", "/"),
@@ -90,8 +101,9 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         f"Budget per run: {b['steps']} steps × batch {b['batch_size']} on the first {b['train_examples']} train "
         f"records, lr {b['lr']}, warmup {b['warmup_ratio']}, cosine; kd_rate {b['kd_rate']}, τ {b['temperature']}. "
         f"Seeds {list(b['seeds'])}. Evaluation: greedy, first {b['eval_dev']} dev and {b['eval_test']} test "
-        f"records, max {b['max_new_tokens']} new tokens; Rouge-L F1 ×100 (best over references), mean ± std "
-        "(ddof=0) over training seeds. Times are mean seconds per run.",
+        f"records, max {b['max_new_tokens']} new tokens; Rouge-L F1 ×100 (best over references) and exact match "
+        "(EM, %), mean ± std (ddof=0) over training seeds. dev CE: teacher-forced response cross-entropy per token "
+        f"on the first {b['dev_ce_examples']} dev records at the end of training. Times are mean seconds per run.",
         "",
         markdown_table(summary),
         "",
@@ -107,7 +119,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in summary["rows"] if "dev_rougeL" in r]
-    names = [r["name"] for r in rows]
+    names = [row_label(r) for r in rows]
     fig, (ax, ax_t) = plt.subplots(
         1, 2, figsize=(12, 0.45 * max(len(rows), 4) + 1.8), gridspec_kw={"width_ratios": [3, 1]}, sharey=True
     )
