@@ -368,7 +368,7 @@ def run_bench(
 
     def pending(candidates: list[Row]) -> list[tuple[Row, int]]:
         # Seed-major: an interrupted bench still has every row at the first seeds.
-        done = {(r["row"], r["seed"]) for r in records}
+        done = {(r["row"], r["seed"]) for r in records if not r.get("reference")}
         return [(row, seed) for seed in budget.seeds for row in candidates if (row.name, seed) not in done]
 
     _run_many(world, pending([r for r in rows if r.on_policy_of is None]), budget, out / "runs", log)
@@ -394,7 +394,7 @@ def run_bench(
 
     table = []
     for row in rows:
-        runs = [r for r in records if r["row"] == row.name and r["seed"] in budget.seeds]
+        runs = [r for r in records if r["row"] == row.name and r.get("seed") in budget.seeds]
         ok = [r for r in runs if r["status"] == "ok"]
         entry: dict[str, Any] = {
             "name": row.name,

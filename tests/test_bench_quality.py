@@ -28,6 +28,12 @@ def test_quick_bench_writes_a_well_formed_table(toy_world, tmp_path):
     for name in ("teacher", "student", "cross_student"):
         assert math.isfinite(summary["references"][name]["test_rougeL"])
 
+    # A second run with the same settings reuses every finished run (and the reference scores).
+    logged = (out / "runs.jsonl").read_text()
+    again = main(["--quick", "--world", str(toy_world.root), "--out", str(out)])
+    assert (out / "runs.jsonl").read_text() == logged
+    assert again["rows"] == rows
+
     table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
     header, _separator, *body = table
     assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
