@@ -120,6 +120,18 @@ ABLATION_ROWS: list[Row] = [
     ),
     Row("dskd_fkl_rate0.2", "dskd", "student", {"distill.divergence": "fkl", "distill.kd_rate": 0.2}),
     Row(
+        "dskd_eta_tau1",
+        "dskd_eta",
+        "cross_student",
+        {"distill.divergence": "fkl", "distill.temperature": 1.0},
+    ),
+    Row(
+        "dskd_cma_tau1",
+        "dskd_cma",
+        "cross_student",
+        {"distill.divergence": "fkl", "distill.temperature": 1.0},
+    ),
+    Row(
         "dskd_fkl_v1_random",
         "dskd",
         "student",
