@@ -175,13 +175,16 @@ def toy(
     ] = Path("toy_world"),
     size: Annotated[str, typer.Option(help="full (demo) or fast (tests).")] = "full",
     seed: Annotated[int, typer.Option(help="Seed of the data and of the models' training.")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads for the build (default: every core).")
+    ] = None,
 ) -> None:
     """Build the toy world: a trained teacher, two untrained students (same and other vocabulary) and data."""
     if size not in {"full", "fast"}:
         raise fail(f"--size must be 'full' or 'fast', not '{size}'")
     from dskd_core.toy import build_toy_world
 
-    world = build_toy_world(out, size=size, seed=seed, progress=typer.echo)
+    world = build_toy_world(out, size=size, seed=seed, progress=typer.echo, threads=threads)
     for name, value in vars(world).items():
         if isinstance(value, Path):
             typer.echo(f"{name:>14}: {value}")
