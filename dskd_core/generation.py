@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -189,34 +190,6 @@ def generate_ids(
     return [r for r in results if r is not None]
 
 
-def generate_batch(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    no_repeat_ngram_size: int = 0,
-    seed: int | None = None,
-    batch_size: int = 16,
-    max_prompt_tokens: int | None = None,
-) -> list[str]:
-    """The response texts (prompt removed, special tokens skipped) of `generate_ids`."""
-    generations = generate_ids(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        seed=seed,
-        batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens,
-    )
-    return [g.text for g in generations]
+def generate_batch(model: nn.Module, tokenizer, prompts: Sequence[str], **options: Any) -> list[str]:
+    """The response texts (prompt removed, special tokens skipped) of `generate_ids`, which takes the same options."""
+    return [g.text for g in generate_ids(model, tokenizer, prompts, **options)]
