@@ -82,7 +82,9 @@ class Distiller(nn.Module):
         ]
         own = [p for p in self.parameters() if p.requires_grad]
         if own:
-            groups.append({"name": "projectors", "params": own, "lr": t.projector_lr, "weight_decay": t.weight_decay})
+            groups.append(
+                {"name": "projectors", "params": own, "lr": t.projector_lr, "weight_decay": t.weight_decay}
+            )
         return [g for g in groups if g["params"]]
 
 

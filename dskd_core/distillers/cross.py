@@ -18,9 +18,36 @@ import torch
 from torch import nn
 
 from dskd_core import models
-from dskd_core.distillers.base import DistillContext, TokenCounts
+from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts
 from dskd_core.distillers.common import IGNORE_INDEX, freeze_teacher, real_vocab_size
 from dskd_core.spec import Method
+
+
+class CrossDistiller(Distiller):
+    """A distiller over two tokenisations: `forward` runs both models and hands their last hidden states to
+    the method's `loss_from_hidden` (which tests also call directly with hidden states of their own)."""
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, **options: float | None
+    ) -> LossOutput:
+        h_s, h_t = encode_sides(self.student, self.teacher, batch)
+        return self.loss_from_hidden(batch, h_s, h_t, tokens, **options)
+
+    def loss_from_hidden(
+        self,
+        batch: dict[str, torch.Tensor],
+        h_s: torch.Tensor,
+        h_t: torch.Tensor,
+        tokens: TokenCounts,
+        **options,
+    ) -> LossOutput:  # pragma: no cover - every method defines it
+        raise NotImplementedError
+
+    def register_shared_columns(self, ctx: DistillContext) -> None:
+        """Buffers `shared_teacher_ids` / `shared_student_ids`: the vocabulary pairs both sides have."""
+        t_ids, s_ids = shared_pairs(resolve_vocab_map(ctx, self.teacher_vocab, self.vocab_size))
+        self.register_buffer("shared_teacher_ids", t_ids, persistent=False)
+        self.register_buffer("shared_student_ids", s_ids, persistent=False)
 
 
 def setup_cross(ctx: DistillContext, method: Method) -> tuple[int, int]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dskd_core import models
-from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
+from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     IGNORE_INDEX,
     divergence_kwargs,
@@ -44,7 +44,7 @@ from dskd_core.distillers.common import (
     kd_scale,
     step_denominator,
 )
-from dskd_core.distillers.cross import encode_sides, masked_sum, setup_cross, teacher_denominator
+from dskd_core.distillers.cross import CrossDistiller, masked_sum, setup_cross, teacher_denominator
 from dskd_core.losses import divergence
 from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
@@ -132,7 +132,7 @@ def _scalar_std(x: torch.Tensor) -> torch.Tensor:
 
 
 @register(Method.dskd_cma)
-class DSKDCMADistiller(Distiller):
+class DSKDCMADistiller(CrossDistiller):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.teacher_vocab, self.vocab_size = setup_cross(ctx, Method.dskd_cma)
@@ -144,12 +144,6 @@ class DSKDCMADistiller(Distiller):
         )
         self.t2s = nn.Linear(d_t, d_s, device=device)
         self.s2t = nn.Linear(d_s, d_t, device=device)
-
-    def forward(
-        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, *, kd_rate: float | None = None
-    ) -> LossOutput:
-        h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens, kd_rate=kd_rate)
 
     def rows(self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor) -> CMARows:
         """Queries, keys and values of the response rows of both sides."""

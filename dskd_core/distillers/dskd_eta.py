@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dskd_core import models
-from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
+from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     IGNORE_INDEX,
     divergence_kwargs,
@@ -37,8 +37,8 @@ from dskd_core.distillers.common import (
     step_denominator,
 )
 from dskd_core.distillers.cross import (
+    CrossDistiller,
     aligned_rows,
-    encode_sides,
     masked_sum,
     resolve_vocab_map,
     setup_cross,
@@ -63,7 +63,7 @@ _SUMS = (
 
 
 @register(Method.dskd_eta)
-class DSKDETADistiller(Distiller):
+class DSKDETADistiller(CrossDistiller):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.teacher_vocab, self.vocab_size = setup_cross(ctx, Method.dskd_eta)
@@ -99,12 +99,6 @@ class DSKDETADistiller(Distiller):
             head = models.output_head(self.student).weight[self.fit_student_ids]
             state["s2t.weight"] = self.s2t.weight_from(head)
         return state
-
-    def forward(
-        self, batch: dict[str, torch.Tensor], tokens: TokenCounts, *, kd_rate: float | None = None
-    ) -> LossOutput:
-        h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens, kd_rate=kd_rate)
 
     def loss_from_hidden(
         self,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dskd_core import models
-from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
+from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     empty_loss,
     fp32,
@@ -26,11 +26,9 @@ from dskd_core.distillers.common import (
     step_denominator,
 )
 from dskd_core.distillers.cross import (
+    CrossDistiller,
     aligned_rows,
-    encode_sides,
-    resolve_vocab_map,
     setup_cross,
-    shared_pairs,
 )
 from dskd_core.losses import divergence
 from dskd_core.reduce import chunked_sum
@@ -49,17 +47,11 @@ def remap_teacher_logits(
 
 
 @register(Method.mined)
-class MinEDDistiller(Distiller):
+class MinEDDistiller(CrossDistiller):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.teacher_vocab, self.vocab_size = setup_cross(ctx, Method.mined)
-        t_ids, s_ids = shared_pairs(resolve_vocab_map(ctx, self.teacher_vocab, self.vocab_size))
-        self.register_buffer("shared_teacher_ids", t_ids, persistent=False)
-        self.register_buffer("shared_student_ids", s_ids, persistent=False)
-
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
-        h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens)
+        self.register_shared_columns(ctx)
 
     def loss_from_hidden(
         self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor, tokens: TokenCounts

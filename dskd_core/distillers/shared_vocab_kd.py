@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dskd_core import models
-from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
+from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     divergence_kwargs,
     empty_loss,
@@ -26,12 +26,10 @@ from dskd_core.distillers.common import (
     step_denominator,
 )
 from dskd_core.distillers.cross import (
+    CrossDistiller,
     aligned_rows,
-    encode_sides,
     masked_sum,
-    resolve_vocab_map,
     setup_cross,
-    shared_pairs,
 )
 from dskd_core.losses import divergence
 from dskd_core.reduce import chunked_sum
@@ -41,19 +39,13 @@ _SUMS = ("ce", "kd_divergence", "align_ratio", "acc", "shared_agreement")
 
 
 @register(Method.shared_vocab_kd)
-class SharedVocabKDDistiller(Distiller):
+class SharedVocabKDDistiller(CrossDistiller):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.teacher_vocab, self.vocab_size = setup_cross(ctx, Method.shared_vocab_kd)
-        t_ids, s_ids = shared_pairs(resolve_vocab_map(ctx, self.teacher_vocab, self.vocab_size))
-        if t_ids.numel() == 0:
+        self.register_shared_columns(ctx)
+        if self.shared_teacher_ids.numel() == 0:
             raise ValueError("shared_vocab_kd: the two vocabularies share no token")
-        self.register_buffer("shared_teacher_ids", t_ids, persistent=False)
-        self.register_buffer("shared_student_ids", s_ids, persistent=False)
-
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
-        h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens)
 
     def loss_from_hidden(
         self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor, tokens: TokenCounts

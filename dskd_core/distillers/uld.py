@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dskd_core import models
-from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
+from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     empty_loss,
     fp32,
@@ -25,7 +25,7 @@ from dskd_core.distillers.common import (
     per_token_metrics,
     step_denominator,
 )
-from dskd_core.distillers.cross import aligned_rows, encode_sides, in_order_index, masked_sum, setup_cross
+from dskd_core.distillers.cross import CrossDistiller, aligned_rows, in_order_index, masked_sum, setup_cross
 from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
 
@@ -45,14 +45,10 @@ def sorted_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 
 @register(Method.uld)
-class ULDDistiller(Distiller):
+class ULDDistiller(CrossDistiller):
     def __init__(self, ctx: DistillContext) -> None:
         super().__init__(ctx)
         self.teacher_vocab, self.vocab_size = setup_cross(ctx, Method.uld)
-
-    def forward(self, batch: dict[str, torch.Tensor], tokens: TokenCounts) -> LossOutput:
-        h_s, h_t = encode_sides(self.student, self.teacher, batch)
-        return self.loss_from_hidden(batch, h_s, h_t, tokens)
 
     def loss_from_hidden(
         self, batch: dict[str, torch.Tensor], h_s: torch.Tensor, h_t: torch.Tensor, tokens: TokenCounts
