@@ -31,7 +31,9 @@ def load_tokenizer(spec: ModelSpec):
     except Exception as e:  # hub/network/format errors all end here
         raise ModelLoadError(f"cannot load the tokenizer of '{spec.name_or_path}': {e}") from e
     if tok.eos_token_id is None:
-        raise ModelLoadError(f"the tokenizer of '{spec.name_or_path}' has no EOS token; set one and save it again")
+        raise ModelLoadError(
+            f"the tokenizer of '{spec.name_or_path}' has no EOS token; set one and save it again"
+        )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -76,7 +78,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-def last_hidden_state(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def last_hidden_state(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """The final hidden states [B, T, d] (after the final norm), without keeping the other layers'."""
     backbone = unwrap(model).base_model
     return backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -86,7 +90,9 @@ def output_head(model: nn.Module) -> nn.Module:
     """The LM head (a Linear whose weight is [V, d])."""
     head = unwrap(model).get_output_embeddings()
     if head is None or not hasattr(head, "weight"):
-        raise ModelLoadError(f"{type(model).__name__} has no output embeddings: it is not a causal LM head model")
+        raise ModelLoadError(
+            f"{type(model).__name__} has no output embeddings: it is not a causal LM head model"
+        )
     return head
 
 

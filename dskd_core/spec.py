@@ -52,7 +52,10 @@ class MethodInfo(BaseModel):
 
 METHOD_INFO: dict[Method, MethodInfo] = {
     Method.sft: MethodInfo(
-        needs_teacher=False, vocabulary="none", uses_divergence=False, description="Cross-entropy on the reference responses only."
+        needs_teacher=False,
+        vocabulary="none",
+        uses_divergence=False,
+        description="Cross-entropy on the reference responses only.",
     ),
     Method.seqkd: MethodInfo(
         needs_teacher=True,
@@ -104,7 +107,9 @@ METHOD_INFO: dict[Method, MethodInfo] = {
     ),
 }
 
-CROSS_VOCAB_METHODS: tuple[str, ...] = tuple(m.value for m, i in METHOD_INFO.items() if i.vocabulary == "cross")
+CROSS_VOCAB_METHODS: tuple[str, ...] = tuple(
+    m.value for m, i in METHOD_INFO.items() if i.vocabulary == "cross"
+)
 # Methods whose KD terms can run on student samples (methods.md §4): they compare the two models position by position.
 ON_POLICY_METHODS: tuple[str, ...] = ("vanilla_kd", "dskd", "dskd_eta", "dskd_cma")
 
@@ -128,20 +133,26 @@ class ModelSpec(_Strict):
     """A model by hub id or local directory."""
 
     name_or_path: str = Field(
-        ..., min_length=1, description="Hugging Face hub id (e.g. 'gpt2') or a local directory with a saved model."
+        ...,
+        min_length=1,
+        description="Hugging Face hub id (e.g. 'gpt2') or a local directory with a saved model.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "float32",
         description="Weights dtype. float16 is refused: DSKD losses overflow in fp16; use bfloat16.",
     )
-    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights (student only).")
+    lora: LoraSpec | None = Field(
+        None, description="Train LoRA adapters instead of all weights (student only)."
+    )
 
     @field_validator("dtype", mode="before")
     @classmethod
     def _refuse_fp16(cls, v: Any) -> Any:
         if isinstance(v, str) and v.lower() in {"float16", "fp16", "half"}:
-            raise ValueError("float16 is not supported: DSKD's losses overflow to inf in fp16. Use 'bfloat16' or 'float32'.")
+            raise ValueError(
+                "float16 is not supported: DSKD's losses overflow to inf in fp16. Use 'bfloat16' or 'float32'."
+            )
         return v
 
 
@@ -166,18 +177,24 @@ class DataSpec(_Strict):
     dataset_id: str | None = Field(None, description="Service only: the id of an uploaded dataset.")
     split: str = Field("train", description="Split to use when path is a Hugging Face DatasetDict directory.")
     prompt_field: str | None = Field(
-        None, description="Field holding the prompt; auto-detected (prompt, instruction, input, question) when unset."
+        None,
+        description="Field holding the prompt; auto-detected (prompt, instruction, input, question) when unset.",
     )
     response_field: str | None = Field(
-        None, description="Field holding the reference answer; auto-detected (response, output, completion, answer)."
+        None,
+        description="Field holding the reference answer; auto-detected (response, output, completion, answer).",
     )
-    context_field: str | None = Field(None, description="Optional context field (Dolly's 'context'); auto-detected.")
+    context_field: str | None = Field(
+        None, description="Optional context field (Dolly's 'context'); auto-detected."
+    )
     messages_field: str | None = Field(
         None, description="Chat layout: a list of {role, content}; the last assistant turn is the response."
     )
     prompt_template: PromptTemplate = "none"
     dev_path: str | None = Field(None, description="A separate dev set (same layout).")
-    dev_ratio: float = Field(0.0, ge=0.0, le=0.5, description="Fraction of the data held out as dev when no dev_path.")
+    dev_ratio: float = Field(
+        0.0, ge=0.0, le=0.5, description="Fraction of the data held out as dev when no dev_path."
+    )
     dev_max_examples: int | None = Field(None, ge=1, description="Cap on dev examples (evaluation cost).")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N training records.")
 
@@ -194,7 +211,9 @@ class DataSpec(_Strict):
             raise ValueError("a format-string template must contain the {prompt} placeholder")
         unknown = names - {"prompt", "context"}
         if unknown:
-            raise ValueError(f"unknown placeholders {sorted(unknown)}; only {{prompt}} and {{context}} are filled")
+            raise ValueError(
+                f"unknown placeholders {sorted(unknown)}; only {{prompt}} and {{context}} are filled"
+            )
         return v
 
     @model_validator(mode="after")
@@ -208,29 +227,44 @@ class DistillSpec(_Strict):
     """Which method, which divergence and how the KD term is weighted."""
 
     method: Method = Field(Method.dskd, description="Distillation method.")
-    divergence: Divergence = Field(Divergence.fkl, description="Divergence used by the KD terms (both spaces for DSKD).")
-    beta: float = Field(0.5, ge=0.0, le=1.0, description="gjsd: mixture weight of the target in m = βp + (1−β)q.")
+    divergence: Divergence = Field(
+        Divergence.fkl, description="Divergence used by the KD terms (both spaces for DSKD)."
+    )
+    beta: float = Field(
+        0.5, ge=0.0, le=1.0, description="gjsd: mixture weight of the target in m = βp + (1−β)q."
+    )
     skew_lambda: float = Field(0.1, ge=0.0, le=1.0, description="skl/srkl: skew weight λ.")
-    alpha: float = Field(0.5, gt=0.0, le=1.0, description="akl: cumulative-probability threshold of the tail.")
+    alpha: float = Field(
+        0.5, gt=0.0, le=1.0, description="akl: cumulative-probability threshold of the tail."
+    )
     kd_rate: float = Field(0.5, ge=0.0, le=1.0, description="loss = (1 − kd_rate)·CE + kd_rate·KD.")
-    temperature: float = Field(2.0, gt=0.0, le=100.0, description="KD temperature τ applied to both logit tensors.")
-    teacher_temperature: float = Field(1.0, gt=0.0, le=100.0, description="Extra temperature on the teacher (CMA target).")
+    temperature: float = Field(
+        2.0, gt=0.0, le=100.0, description="KD temperature τ applied to both logit tensors."
+    )
+    teacher_temperature: float = Field(
+        1.0, gt=0.0, le=100.0, description="Extra temperature on the teacher (CMA target)."
+    )
     temperature_scaling: Literal["none", "tau2"] = Field(
         "none", description="'tau2' multiplies the KD term by τ² (the published DSKD code does not)."
     )
     projector_init: Literal["ideal", "random"] = Field(
-        "ideal", description="'ideal': pseudo-inverse t2s init and parameter-free s2t (v2); 'random': trained linear (v1)."
+        "ideal",
+        description="'ideal': pseudo-inverse t2s init and parameter-free s2t (v2); 'random': trained linear (v1).",
     )
     dskd_variant: Literal["v1", "v2"] = Field(
-        "v2", description="v1: t2s CE on gold labels, KD on all positions; v2: teacher argmax labels, agreement mask."
+        "v2",
+        description="v1: t2s CE on gold labels, KD on all positions; v2: teacher argmax labels, agreement mask.",
     )
     topk_vocab: int | None = Field(
         None, ge=1, description="Ideal init: compute pseudo-inverses on the first k vocabulary entries only."
     )
-    cma_block_size: int = Field(256, ge=1, description="dskd_cma: student positions per block of the score tensor.")
+    cma_block_size: int = Field(
+        256, ge=1, description="dskd_cma: student positions per block of the score tensor."
+    )
     loss_chunk_size: int = Field(1024, ge=16, description="Positions per chunk in the chunked divergence.")
     seqkd_data_path: str | None = Field(
-        None, description="seqkd: where teacher-generated responses are stored (defaults to the run directory)."
+        None,
+        description="seqkd: where teacher-generated responses are stored (defaults to the run directory).",
     )
     on_policy_ratio: float = Field(
         0.0,
@@ -262,8 +296,12 @@ class DistillSpec(_Strict):
 
 class TrainingSpec(_Strict):
     lr: float = Field(5e-4, gt=0.0, le=1.0, description="Student learning rate (peak).")
-    projector_lr: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate of the projector parameters.")
-    epochs: float | None = Field(1.0, gt=0.0, description="Epochs over the training data (ignored if max_steps is set).")
+    projector_lr: float = Field(
+        1e-3, gt=0.0, le=1.0, description="Learning rate of the projector parameters."
+    )
+    epochs: float | None = Field(
+        1.0, gt=0.0, description="Epochs over the training data (ignored if max_steps is set)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
     batch_size: int = Field(8, ge=1, le=4096, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step.")
@@ -275,8 +313,12 @@ class TrainingSpec(_Strict):
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping (None disables).")
-    eval_interval: int | None = Field(None, ge=1, description="Dev-loss evaluation every N steps (and at the end).")
-    checkpoint_interval: int | None = Field(None, ge=1, description="Write a resumable checkpoint every N steps.")
+    eval_interval: int | None = Field(
+        None, ge=1, description="Dev-loss evaluation every N steps (and at the end)."
+    )
+    checkpoint_interval: int | None = Field(
+        None, ge=1, description="Write a resumable checkpoint every N steps."
+    )
     keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep on disk.")
     log_interval: int = Field(1, ge=1, description="Progress event every N steps.")
 
@@ -284,7 +326,9 @@ class TrainingSpec(_Strict):
     @classmethod
     def _refuse_fp16(cls, v: Any) -> Any:
         if isinstance(v, str) and v.lower() in {"fp16", "float16", "half"}:
-            raise ValueError("fp16 is not supported: DSKD losses overflow to inf in fp16. Use 'bf16' or 'fp32'.")
+            raise ValueError(
+                "fp16 is not supported: DSKD losses overflow to inf in fp16. Use 'bf16' or 'fp32'."
+            )
         return v
 
     @model_validator(mode="after")
@@ -292,7 +336,9 @@ class TrainingSpec(_Strict):
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps")
         if self.max_prompt_length >= self.max_length:
-            raise ValueError("max_prompt_length must be smaller than max_length (leave room for the response)")
+            raise ValueError(
+                "max_prompt_length must be smaller than max_length (leave room for the response)"
+            )
         return self
 
 
@@ -308,9 +354,13 @@ class EvalSpec(_Strict):
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold (1 keeps everything).")
     top_k: int = Field(0, ge=0, description="Top-k filter when sampling; 0 disables it.")
-    no_repeat_ngram_size: int = Field(6, ge=0, description="Forbid repeating any n-gram of this size (0 disables).")
+    no_repeat_ngram_size: int = Field(
+        6, ge=0, description="Forbid repeating any n-gram of this size (0 disables)."
+    )
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Response tokens generated at most.")
-    max_prompt_tokens: int | None = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
+    max_prompt_tokens: int | None = Field(
+        256, ge=1, description="Prompt tokens kept (the prompt's end is kept)."
+    )
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts generated together.")
     max_examples: int | None = Field(None, ge=1, description="Evaluate only the first N records.")
     # Dev evaluation during training (off by default: it generates for every dev example with every seed).
@@ -344,7 +394,9 @@ class JobSpec(_Strict):
     def _check(self) -> JobSpec:
         info = METHOD_INFO[self.distill.method]
         if info.needs_teacher and self.teacher is None:
-            raise ValueError(f"method '{self.distill.method.value}' needs a teacher: set teacher.name_or_path")
+            raise ValueError(
+                f"method '{self.distill.method.value}' needs a teacher: set teacher.name_or_path"
+            )
         if self.teacher is not None and self.teacher.lora is not None:
             raise ValueError("teacher.lora: the teacher is frozen, LoRA applies to the student only")
         if self.data.path is None and self.data.dataset_id is None:

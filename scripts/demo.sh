@@ -16,7 +16,7 @@ WORLD=${WORLD:-toy_world}
 [ "$SIZE" = fast ] && WORLD=${WORLD%_fast}_fast
 STEPS=${STEPS:-150}
 PORT=${PORT:-$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
-DSKD=".venv/bin/python -m dskd_core"
+DSKD=".venv/bin/python -m dskd_cli"
 start=$SECONDS
 
 echo "== 1/3 toy world ($WORLD: a trained teacher, an untrained student, instruction data; built once)"

@@ -15,7 +15,7 @@ STEPS=${STEPS:-150}
 WORLD=${WORLD:-toy_world}
 SIZE=${SIZE:-full}
 RUN_DIR=${RUN_DIR:-runs/demo-$METHOD}
-DSKD=".venv/bin/python -m dskd_core"
+DSKD=".venv/bin/python -m dskd_cli"
 start=$SECONDS
 
 echo "== 1/2 toy world ($WORLD: teacher, students, data; built once, then reused)"

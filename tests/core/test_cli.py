@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from dskd_core.cli import app
+from dskd_cli.main import app
 from dskd_core.spec import JobSpec
 
 runner = CliRunner()
@@ -31,7 +31,7 @@ def write_spec(path, world, **sections) -> None:
 
 def test_help_is_fast_and_shows_examples():
     # A fresh interpreter: the help must not import torch or transformers.
-    code = "import sys; from dskd_core.cli import app; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys; from dskd_cli.main import app; print('torch' in sys.modules, 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == [
         "False",
         "False",
@@ -39,6 +39,23 @@ def test_help_is_fast_and_shows_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "dskd train job.yaml" in result.output and "spec-schema" in result.output
+
+
+def test_the_engine_never_imports_the_service():
+    # Layering: dskd_core is usable without api/worker (the CLI sits above all three), lazy imports included.
+    import ast
+    from pathlib import Path
+
+    import dskd_core
+
+    upward = []
+    for path in Path(dskd_core.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            upward += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"api", "worker", "dskd_cli"}]
+    assert upward == []
 
 
 def test_spec_schema_is_the_job_spec_schema():

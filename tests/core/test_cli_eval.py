@@ -6,7 +6,7 @@ import re
 
 from typer.testing import CliRunner
 
-from dskd_core.cli import app
+from dskd_cli.main import app
 from dskd_core.evaluate import run_eval
 from dskd_core.spec import EvalSpec
 

@@ -467,7 +467,7 @@ def test_dskd_train_refuses_vanilla_kd_on_the_cross_pair(pair, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from dskd_core.cli import app
+    from dskd_cli.main import app
 
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(make_spec(pair["world"], "vanilla_kd").model_dump(mode="json")))

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from dskd_core.cli import app
+from dskd_cli.main import app
 
 runner = CliRunner()
 

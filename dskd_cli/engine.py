@@ -1,55 +1,15 @@
-"""The `dskd` command line: run a distillation job locally, build the toy world, print the spec schema.
-
-Each command is one small function; heavy modules (torch, transformers) are imported inside the commands so that
-`dskd --help` answers at once. To add a command, write a function decorated with `@app.command()`.
-"""
+"""Engine commands: train, toy, eval, pair-report, spec-schema. They call `dskd_core` and nothing of the service."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from dskd_cli.app import app, fail, format_validation_error
 from dskd_core.progress import ProgressEvent
-
-EXIT_BAD_SPEC = 2
-
-app = typer.Typer(
-    name="dskd",
-    help=(
-        "Distil a large language model into a small one (Dual-Space KD and baselines).\n\n"
-        "Examples:\n\n"
-        "dskd toy --out toy_world          build a CPU teacher, students and data\n\n"
-        "dskd train job.yaml --run-dir r   train (resuming from r), then export\n\n"
-        "dskd pair-report TEACHER STUDENT  shared vocabulary and the methods that suit the pair\n\n"
-        "dskd eval MODEL_DIR dev.jsonl     Rouge-L and exact match of a model or an export\n\n"
-        "dskd keys create me; dskd serve   the job service (API, dashboard at /ui/, docs at /docs)\n\n"
-        "dskd spec-schema                  the JSON schema of a job spec\n\n"
-        "Job specs: see README.md and toy_world/demo.yaml."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def fail(message: str, code: int = EXIT_BAD_SPEC) -> typer.Exit:
-    """Print an error to stderr and return the Exit to raise (no traceback)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
-
-
-def format_validation_error(error: Any) -> str:
-    """A pydantic ValidationError as one line per field path: `training.precision: fp16 is not supported…`."""
-    lines = []
-    for e in error.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(spec)"
-        message = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {message}")
-    return "invalid job spec:\n" + "\n".join(lines)
 
 
 def apply_overrides(spec: Any, overrides: list[str]) -> Any:
@@ -291,50 +251,3 @@ def spec_schema() -> None:
     from dskd_core.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port of the API and dashboard.")] = 8000,
-    no_worker: Annotated[
-        bool, typer.Option("--no-worker", help="Serve the API only (workers run elsewhere).")
-    ] = False,
-) -> None:
-    """Start the service: API + dashboard and one worker, on SQLite in DSKD_DATA_DIR (default ./.dskd)."""
-    from worker.serve import serve as run_service
-
-    run_service(host=host, port=port, with_worker=not no_worker)
-
-
-keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Argument(help="A label for the key, e.g. 'laptop'.")],
-    owner: Annotated[
-        str | None, typer.Option(help="Whose jobs the key sees (default: the key's name).")
-    ] = None,
-) -> None:
-    """Create an API key and print its secret (shown only this once)."""
-    from api.cli_support import init_db
-    from api.db.session import session_scope
-    from api.services.keys import create_api_key
-    from api.settings import get_settings
-
-    settings = get_settings()
-    init_db(settings)
-    with session_scope(settings.database_url) as session:
-        key, secret = create_api_key(session, name, owner or name)
-    typer.echo(f"created key {key.prefix}… for owner '{key.owner}'; keep the secret, it is not shown again:")
-    typer.echo(secret)
-
-
-def main() -> None:
-    app(prog_name="dskd")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
