@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from api.settings import Settings
 from tests.e2e.conftest import client_flow, free_port, redis_db_or_skip, service_env, wait_http
 from worker.serve import worker_command
 
-REDIS_TEST_DB = 13
+# A Redis database of its own (flushed by the test); DSKD_TEST_REDIS_DB lets parallel checkouts use different ones.
+REDIS_TEST_DB = int(os.environ.get("DSKD_TEST_REDIS_DB", "13"))
 
 
 @pytest.fixture
