@@ -52,6 +52,14 @@ class Settings(BaseSettings):
         600.0, gt=0.0, description="Re-send queued jobs unclaimed this long."
     )
     broker_check_timeout_seconds: float = Field(2.0, gt=0.0, description="/readyz broker connect timeout.")
+    # How the worker runs the engine (worker/engine_launch.py).
+    worker_gpus: str = Field(
+        "",
+        description="GPUs this worker owns, e.g. '0,1' (default: every GPU it sees); multi-process jobs use them.",
+    )
+    teacher_cache_max_gb: float = Field(
+        50.0, gt=0.0, description="Size cap of the teacher cache in data_dir/teacher-cache (LRU eviction)."
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

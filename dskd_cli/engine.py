@@ -107,6 +107,14 @@ def train(
             "--set training.teacher_cache=off turns it off."
         ),
     ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run on N processes (GPUs; CPU processes with --device cpu), data-parallel; overrides "
+            "training.num_processes. The training is the same for any N.",
+        ),
+    ] = None,
     cache_max_gb: Annotated[
         float | None,
         typer.Option(help="Size cap of the teacher cache; least recently used shards go first (default 50)."),
@@ -127,7 +135,9 @@ def train(
         raise fail(f"--cache-max-gb: {e}") from None
     sink = BarSink()
     try:
-        result = run_job(spec, run_dir, sink=sink, device=device, teacher_cache=cache)
+        result = run_job(
+            spec, run_dir, sink=sink, device=device, teacher_cache=cache, num_processes=num_processes
+        )
     except (PreflightError, ModelLoadError, DataError) as e:
         raise fail(str(e)) from None
     except NonFiniteLossError as e:

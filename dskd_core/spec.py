@@ -322,6 +322,13 @@ class TrainingSpec(_Strict):
     max_prompt_length: int = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
     max_length: int = Field(512, ge=2, description="Prompt + response tokens kept.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Autocast precision. fp16 is refused.")
+    num_processes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Processes (GPUs, or CPU processes with gloo) the job runs on, data-parallel. batch_size is "
+        "the global micro-batch, split across them, so the training does not depend on this number.",
+    )
     teacher_cache: Literal["fp32", "bf16", "off"] = Field(
         "fp32",
         description="KD methods: store the teacher's hidden states on the training and dev data once and reuse "

@@ -9,16 +9,33 @@ through `accelerate`, so the same code uses a CPU, one GPU or several processes.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dskd_core.cache import TeacherCache
 from dskd_core.cache.fill import CacheBuildCancelled, open_teacher_cache, uses_teacher_cache
 from dskd_core.errors import PreflightError
+from dskd_core.launch import in_distributed_launch, run_in_processes
 from dskd_core.progress import CancelToken, NeverCancel, NullSink, ProgressSink, RunResult
 from dskd_core.spec import JobSpec
 from dskd_core.training.evaluation import after_step, dev_ce, evaluate, event, finish, save
-from dskd_core.training.setup import Setup, import_distillers, lr_lambda, make_accelerator, prepare, start_run
-from dskd_core.training.step import TrainingModule, batch_stream, count_tokens, optimizer_step, train_step
+from dskd_core.training.setup import (
+    Setup,
+    import_distillers,
+    lr_lambda,
+    make_accelerator,
+    prepare,
+    refuse_sharded_launch,
+    start_run,
+)
+from dskd_core.training.step import (
+    TrainingModule,
+    any_rank,
+    batch_stream,
+    count_tokens,
+    optimizer_step,
+    train_step,
+)
 
 # The names other modules and tests have always imported from here.
 __all__ = [
@@ -45,11 +62,15 @@ def run_job(
     cancel: CancelToken | None = None,
     device: str | None = None,
     teacher_cache: TeacherCache | None = None,
+    num_processes: int | None = None,
+    gpus: Sequence[int] | None = None,
 ) -> RunResult:
     """Train `spec` in `run_dir` (resuming from its newest complete checkpoint) and export the student.
 
     With `teacher_cache` (and `training.teacher_cache` not "off"), KD methods read the teacher's hidden states
-    from that cache, computing only the examples it does not hold yet.
+    from that cache, computing only the examples it does not hold yet. With more than one process
+    (`num_processes`, default `training.num_processes`) the job runs on that many processes (`launch.py`; on the
+    GPUs `gpus`, or all visible ones, or on CPUs with device "cpu"); the sink and the cancel token stay here.
     """
     from accelerate.utils import set_seed
 
@@ -57,7 +78,20 @@ def run_job(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = spec.training
+    processes = num_processes or t.num_processes
+    if processes > 1 and not in_distributed_launch():
+        return run_in_processes(
+            spec,
+            run_dir,
+            num_processes=processes,
+            sink=sink or NullSink(),
+            cancel=cancel,
+            device=device,
+            teacher_cache=teacher_cache,
+            gpus=gpus,
+        )
     accelerator = make_accelerator(t.precision, device)
+    refuse_sharded_launch(accelerator)
     # One process reports: the others would repeat the same events.
     sink = (sink or NullSink()) if accelerator.is_main_process else NullSink()
     set_seed(t.seed)
@@ -66,12 +100,14 @@ def run_job(
     if spec.distill.method == "seqkd":
         from dskd_core.seqkd import GenerationCancelled, ensure_teacher_responses
 
+        stopped = False
         try:  # the teacher writes the training responses first (resumable; one process writes the file)
             if accelerator.is_main_process:
                 ensure_teacher_responses(spec, run_dir, accelerator.device, sink=sink, cancel=cancel)
         except GenerationCancelled:
+            stopped = True
+        if any_rank(stopped, accelerator):  # every process stops together (this also waits for the file)
             return RunResult("cancelled", 0, 0, None, {})
-        accelerator.wait_for_everyone()
     run = start_run(spec, run_dir, accelerator)
     state = run.state
     resumed = f"resumed from {run.resumed_from}" if run.resumed_from else None
@@ -90,7 +126,7 @@ def run_job(
     batches = batch_stream(run.setup, t.batch_size, t.seed, state.epoch, state.batches_in_epoch, accelerator)
     started, tokens_seen, last_metrics = time.perf_counter(), 0.0, {}
     while state.step < run.total_steps:
-        if cancel.cancelled():
+        if any_rank(cancel.cancelled(), accelerator):  # all processes stop at the same step
             save(run, sink, last_metrics)
             return RunResult("cancelled", state.step, run.total_steps, None, last_metrics)
         epoch_before = state.epoch

@@ -85,13 +85,17 @@ def test_celery_targets_import_and_register_the_task():
     assert RUN_JOB_TASK in app.tasks
 
 
-def test_gpu_workers_run_one_job_per_reserved_gpu():
+def test_gpu_workers_run_one_job_at_a_time_on_their_reserved_gpus():
     for name in WORKERS:
         argv = command(name)
         assert option(argv, "--concurrency") == "1" and option(argv, "--prefetch-multiplier") == "1"
         devices = SERVICES[name]["deploy"]["resources"]["reservations"]["devices"]
         assert len(devices) == 1 and "gpu" in devices[0]["capabilities"]
-        assert len(devices[0]["device_ids"]) == 1
+        owned = devices[0]["device_ids"]
+        env = SERVICES[name]["environment"]
+        assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == len(owned)
+        if len(owned) > 1:  # a multi-GPU worker names the GPUs its multi-process jobs use (container indices)
+            assert env["DSKD_WORKER_GPUS"] == env["CUDA_VISIBLE_DEVICES"]
         node = option(argv, "-n")
         probe = SERVICES[name]["healthcheck"]["test"][-1]
         assert node.replace("%h", "$$HOSTNAME") in probe  # the probe pings this worker by its node name

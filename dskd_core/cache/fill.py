@@ -21,6 +21,7 @@ from dskd_core.cache.keys import IGNORE_INDEX, entry_key, example_key, teacher_f
 from dskd_core.cache.store import CacheEntry, Location, ShardReader, TeacherCache
 from dskd_core.progress import CancelToken, ProgressEvent, ProgressSink
 from dskd_core.spec import JobSpec
+from dskd_core.training.step import any_rank
 
 HIDDEN_KEY = "teacher_hidden"
 SHARD_BYTES = 256 << 20  # rows buffered before a shard is written: the most a crash can lose
@@ -105,7 +106,7 @@ def open_teacher_cache(
     built = _build(
         spec, setup, accelerator, entry, [examples[k] for k in share], share, sink, cancel, shard_bytes
     )
-    if _any(not built, accelerator):
+    if any_rank(not built, accelerator):
         raise CacheBuildCancelled
     accelerator.wait_for_everyone()
 
@@ -187,11 +188,3 @@ def _output_dtype(teacher: Any, accelerator: Any) -> torch.dtype:
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)
     with torch.no_grad(), accelerator.autocast():
         return models.last_hidden_state(teacher, ids, torch.ones_like(ids)).dtype
-
-
-def _any(flag: bool, accelerator: Any) -> bool:
-    """True on every process when `flag` is true on any (so all stop together)."""
-    if accelerator.num_processes == 1:
-        return flag
-    value = torch.tensor(float(flag), device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum") > 0)

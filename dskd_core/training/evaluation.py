@@ -108,12 +108,25 @@ def finish(run: Run, sink: ProgressSink, last_metrics: dict[str, float]) -> RunR
 
 
 @torch.no_grad()
-def dev_ce(model: nn.Module, tokenizer: Any, batches: list[dict[str, torch.Tensor]], accelerator) -> float:
-    """Mean response-token cross-entropy of `model` over `batches` (this rank's share, summed over ranks)."""
+def dev_ce(
+    model: nn.Module,
+    tokenizer: Any,
+    batches: list[dict[str, torch.Tensor]],
+    accelerator,
+    *,
+    hidden_key: str | None = None,
+) -> float:
+    """Mean response-token cross-entropy of `model` over `batches` (this rank's share, summed over ranks).
+
+    With `hidden_key`, batches that carry the model's last hidden states under that key (the teacher cache) are
+    not run through the model."""
     head = models.output_head(model).weight[: len(tokenizer)]
     sums = torch.zeros(2, device=accelerator.device)
     for b in batches:
-        hidden = models.last_hidden_state(model, b["input_ids"], b["attention_mask"])
+        if hidden_key is not None and hidden_key in b:
+            hidden = b[hidden_key]
+        else:
+            hidden = models.last_hidden_state(model, b["input_ids"], b["attention_mask"])
         valid = b["labels"] != IGNORE_INDEX
         logits = hidden[valid].float() @ head.float().T
         sums[0] += torch.nn.functional.cross_entropy(logits, b["labels"][valid], reduction="sum")
@@ -147,10 +160,12 @@ def evaluate(setup: Setup, accelerator, *, with_teacher: bool = False) -> dict[s
             tokens = count_tokens(batches, accelerator)
             loss = sum(float(distiller(b, tokens).loss) for b in batches)
             metrics["dev_loss"] = float(accelerator.reduce(torch.tensor(loss, device=accelerator.device)))
-            same_labels = setup.teacher is not None and "teacher_labels" not in batches[0]
+            # Decided from the data set, not this process's batches: a process may hold no dev example, and
+            # every process must make the same reductions.
+            same_labels = setup.teacher is not None and not getattr(setup.dev_set, "dual", False)
             if with_teacher and same_labels:
                 metrics["teacher_dev_ce"] = dev_ce(
-                    setup.teacher, setup.student_tokenizer, batches, accelerator
+                    setup.teacher, setup.student_tokenizer, batches, accelerator, hidden_key="teacher_hidden"
                 )
     finally:
         student.train(was_training)

@@ -62,7 +62,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: Any | None  # OnPolicySampler when distill.on_policy_ratio > 0
     state: TrainState
-    micro_per_epoch: int  # micro-batches per epoch on each process
+    micro_per_epoch: int  # (global) micro-batches per epoch
     resumed_from: Path | None = None
 
     @property
@@ -82,12 +82,15 @@ def start_run(spec: JobSpec, run_dir: Path, accelerator: Any) -> Run:
     setup = prepare(spec, accelerator.device, run_dir=run_dir)
     distiller = setup.distiller
     optimizer = torch.optim.AdamW(distiller.param_groups(), lr=t.lr, weight_decay=t.weight_decay)
-    micro_per_epoch = math.ceil(len(setup.train_set) / (t.batch_size * accelerator.num_processes))
+    micro_per_epoch = math.ceil(
+        len(setup.train_set) / t.batch_size
+    )  # batch_size is global (step.batch_stream)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * micro_per_epoch / t.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(t.schedule, t.warmup_ratio, total_steps)
     )
-    module, optimizer = accelerator.prepare(TrainingModule(setup.student, distiller), optimizer)
+    training_module = TrainingModule(setup.student, distiller, distributed=accelerator.num_processes > 1)
+    module, optimizer = accelerator.prepare(training_module, optimizer)
     sampler = None
     if spec.distill.on_policy_ratio > 0:
         from dskd_core.onpolicy import OnPolicySampler
@@ -136,6 +139,16 @@ def make_accelerator(precision: str, device: str | None):
             raise
         AcceleratorState._reset_state()
         return Accelerator(mixed_precision=mixed, cpu=cpu)
+
+
+def refuse_sharded_launch(accelerator: Any) -> None:
+    """FSDP and DeepSpeed are not supported yet (design.md, "Several processes"): say so before anything loads."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in {"FSDP", "DEEPSPEED", "MEGATRON_LM"}:
+        raise PreflightError(
+            f"this accelerate launch is configured for {kind}, which dskd does not support yet (the losses read "
+            "the output heads' weights directly); use data-parallel processes (multi_gpu / num_processes)"
+        )
 
 
 def prepare(spec: JobSpec, device: torch.device, *, run_dir: str | Path | None = None) -> Setup:

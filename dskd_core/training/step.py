@@ -33,19 +33,28 @@ class TrainingModule(nn.Module):
     runs the wrapped model's hooks (gradient synchronisation) on every trainable parameter.
     """
 
-    def __init__(self, student: nn.Module, distiller: Distiller) -> None:
+    def __init__(self, student: nn.Module, distiller: Distiller, *, distributed: bool = False) -> None:
         super().__init__()
         self.student = student
         self.distiller = distiller
+        self.distributed = distributed
 
     def forward(self, batch: dict[str, Any], tokens: TokenCounts):
         if tokens.kd_student is None:
-            return self.distiller(batch, tokens)
-        from dskd_core.onpolicy import KD_KEY, split_loss
+            out = self.distiller(batch, tokens)
+        else:
+            from dskd_core.onpolicy import KD_KEY, split_loss
 
-        # An on-policy step: CE on the reference batch, KD terms on the sample (or on the reference itself).
-        reference = {k: v for k, v in batch.items() if k != KD_KEY}
-        return split_loss(self.distiller, reference, batch.get(KD_KEY, reference), tokens)
+            # An on-policy step: CE on the reference batch, KD terms on the sample (or on the reference itself).
+            reference = {k: v for k, v in batch.items() if k != KD_KEY}
+            out = split_loss(self.distiller, reference, batch.get(KD_KEY, reference), tokens)
+        if self.distributed:
+            # DDP waits for a gradient of every parameter on every process, but a micro-batch without labels (a
+            # process's empty share of a short batch) skips the heads and projectors: + 0·Σp gives them an exact
+            # zero, which is cheaper and quieter than DDP's search for unused parameters.
+            trainable = [p.sum() for p in self.parameters() if p.requires_grad]
+            out.loss = out.loss + 0.0 * torch.stack(trainable).sum().to(out.loss.dtype)
+        return out
 
 
 def batch_stream(
@@ -54,23 +63,25 @@ def batch_stream(
     """Micro-batches forever, each with the data position AFTER it: (epoch, micro-batches consumed in it).
 
     Each epoch's order is a permutation drawn from (seed, epoch) alone, so resuming at (epoch, start) replays
-    exactly the batches an uninterrupted run would have seen, without storing the order.
+    exactly the batches an uninterrupted run would have seen, without storing the order. `batch_size` is the
+    global micro-batch: with several processes each takes every world-th example of it, so the step (and the data
+    position) is the same whatever the number of processes, and a run resumes on another number. A process whose
+    share of a short last batch is empty gets one example with every label masked (it adds nothing).
     """
     from dskd_core.data.batching import epoch_order
 
     n, rank, world = len(setup.train_set), accelerator.process_index, accelerator.num_processes
-    global_batch = batch_size * world
-    per_epoch = math.ceil(n / global_batch)
+    per_epoch = math.ceil(n / batch_size)
     while True:
         order = epoch_order(epoch, seed, n)
-        order += order[: per_epoch * global_batch - n]  # every rank gets a full share of the last batch
         for i in range(start, per_epoch):
-            chunk = order[i * global_batch : (i + 1) * global_batch][
-                rank * batch_size : (rank + 1) * batch_size
-            ]
-            if world == 1:
-                chunk = chunk[: n - i * batch_size]  # one process: no padding, the last batch may be short
-            batch = setup.collate_split("train", chunk)
+            chunk = order[i * batch_size : (i + 1) * batch_size]
+            share = chunk[rank::world]
+            batch = setup.collate_split("train", share or chunk[:1])
+            if not share:
+                for key in ("labels", "teacher_labels"):
+                    if key in batch:
+                        batch[key].fill_(IGNORE_INDEX)
             position = (epoch, i + 1) if i + 1 < per_epoch else (epoch + 1, 0)
             yield position, {k: v.to(accelerator.device) for k, v in batch.items()}
         epoch, start = epoch + 1, 0
@@ -105,6 +116,14 @@ def optimizer_step(
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     return metrics, n_tokens
+
+
+def any_rank(flag: bool, accelerator) -> bool:
+    """True on every process when `flag` is true on any (a collective: all processes must call it together)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor(float(flag), device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum") > 0)
 
 
 def count_tokens(micro_batches: list[dict[str, Any]], accelerator) -> TokenCounts:
@@ -150,7 +169,23 @@ def train_step(
             totals[name] = totals.get(name, 0.0) + value * n_local
         loss += out.loss.detach().float()
     local_tokens = sum(float((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
+    if (
+        accelerator.num_processes > 1
+    ):  # token-weighted over every process (the metric names may differ by rank)
+        totals, local_tokens = _sum_over_ranks(totals, local_tokens)
     metrics = {name: value / max(local_tokens, 1.0) for name, value in totals.items()}
     # Each micro-batch loss is already a share of the step mean: their sum over ranks is the step's loss.
     metrics["loss"] = float(accelerator.reduce(loss, reduction="sum"))
     return metrics, tokens.student
+
+
+def _sum_over_ranks(totals: dict[str, float], tokens: float) -> tuple[dict[str, float], float]:
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (totals, tokens))
+    summed: dict[str, float] = {}
+    for rank_totals, _ in gathered:
+        for name, value in rank_totals.items():
+            summed[name] = summed.get(name, 0.0) + value
+    return summed, sum(t for _, t in gathered)
