@@ -34,6 +34,7 @@ from dskd_core.training.step import (
     batch_stream,
     count_tokens,
     optimizer_step,
+    planned_examples,
     train_step,
 )
 
@@ -115,7 +116,13 @@ def run_job(
     if teacher_cache is not None and uses_teacher_cache(spec):
         try:
             run.setup.teacher_cache = open_teacher_cache(
-                spec, run.setup, accelerator, teacher_cache, sink=sink, cancel=cancel
+                spec,
+                run.setup,
+                accelerator,
+                teacher_cache,
+                sink=sink,
+                cancel=cancel,
+                train_indices=planned_examples(run),
             )
         except CacheBuildCancelled:
             return RunResult("cancelled", state.step, run.total_steps, None, {})

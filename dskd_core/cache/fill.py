@@ -44,7 +44,7 @@ class CachedTeacher:
 
     entry: CacheEntry
     readers: dict[str, ShardReader]
-    where: dict[str, list[Location]]  # split ("train", "dev") -> location of each dataset example
+    where: dict[str, dict[int, Location]]  # split ("train", "dev") -> dataset index -> where its rows are
     hidden_size: int
     output_dtype: torch.dtype  # the dtype the teacher itself returns: what the distillers would have seen
     status: str  # "hit", "built" or "extended"
@@ -73,9 +73,13 @@ def open_teacher_cache(
     *,
     sink: ProgressSink,
     cancel: CancelToken,
+    train_indices: Sequence[int] | None = None,
     shard_bytes: int = SHARD_BYTES,
 ) -> CachedTeacher:
-    """Fill the cache with the job's missing examples and open it for reading (see the module docstring)."""
+    """Fill the cache with the job's missing examples and open it for reading (see the module docstring).
+
+    `train_indices`: the training examples the job will read (default all): a short job does not pay for the
+    teacher on data it never sees."""
     teacher = setup.teacher
     storage = spec.training.teacher_cache
     fingerprint = teacher_fingerprint(spec.teacher.name_or_path, teacher, cache.root)
@@ -85,11 +89,15 @@ def open_teacher_cache(
         "hidden_size": models.hidden_size(teacher),
         "output_dtype": str(output_dtype).removeprefix("torch."),
     }
-    splits = {"train": setup.train_set}
+    wanted = {"train": range(len(setup.train_set)) if train_indices is None else train_indices}
     if setup.dev_set is not None and len(setup.dev_set):
-        splits["dev"] = setup.dev_set
-    keys = {name: [example_key(*teacher_side(ex)) for ex in data] for name, data in splits.items()}
-    examples = {k: ex for name, data in splits.items() for k, ex in zip(keys[name], data, strict=True)}
+        wanted["dev"] = range(len(setup.dev_set))
+    datasets = {"train": setup.train_set, "dev": setup.dev_set}
+    keys = {
+        name: {j: example_key(*teacher_side(datasets[name][j])) for j in indices}
+        for name, indices in wanted.items()
+    }
+    examples = {k: datasets[name][j] for name, split_keys in keys.items() for j, k in split_keys.items()}
 
     if accelerator.is_main_process:
         entry = cache.entry(key, info)
@@ -114,8 +122,8 @@ def open_teacher_cache(
     lost = [k for k in examples if k not in found]
     if lost:  # another job's eviction between our build and now: rare, and a rerun recovers
         raise RuntimeError(f"teacher cache {key}: {len(lost)} examples vanished while the job started")
-    where = {name: [found[k] for k in split_keys] for name, split_keys in keys.items()}
-    shards = {loc.shard for locs in where.values() for loc in locs}
+    where = {name: {j: found[k] for j, k in split_keys.items()} for name, split_keys in keys.items()}
+    shards = {loc.shard for locs in where.values() for loc in locs.values()}
     readers = {name: entry.open_shard(name) for name in sorted(shards)}
     status = "hit" if not missing else ("built" if len(missing) == len(examples) else "extended")
     if accelerator.is_main_process:

@@ -68,23 +68,43 @@ def batch_stream(
     position) is the same whatever the number of processes, and a run resumes on another number. A process whose
     share of a short last batch is empty gets one example with every label masked (it adds nothing).
     """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    for position, chunk in micro_batch_indices(len(setup.train_set), batch_size, seed, epoch, start):
+        share = chunk[rank::world]
+        batch = setup.collate_split("train", share or chunk[:1])
+        if not share:
+            for key in ("labels", "teacher_labels"):
+                if key in batch:
+                    batch[key].fill_(IGNORE_INDEX)
+        yield position, {k: v.to(accelerator.device) for k, v in batch.items()}
+
+
+def micro_batch_indices(
+    n: int, batch_size: int, seed: int, epoch: int, start: int
+) -> Iterator[tuple[Position, list[int]]]:
+    """The (global) micro-batches' example indices forever, each with the data position after it."""
     from dskd_core.data.batching import epoch_order
 
-    n, rank, world = len(setup.train_set), accelerator.process_index, accelerator.num_processes
     per_epoch = math.ceil(n / batch_size)
     while True:
         order = epoch_order(epoch, seed, n)
         for i in range(start, per_epoch):
-            chunk = order[i * batch_size : (i + 1) * batch_size]
-            share = chunk[rank::world]
-            batch = setup.collate_split("train", share or chunk[:1])
-            if not share:
-                for key in ("labels", "teacher_labels"):
-                    if key in batch:
-                        batch[key].fill_(IGNORE_INDEX)
             position = (epoch, i + 1) if i + 1 < per_epoch else (epoch + 1, 0)
-            yield position, {k: v.to(accelerator.device) for k, v in batch.items()}
+            yield position, order[i * batch_size : (i + 1) * batch_size]
         epoch, start = epoch + 1, 0
+
+
+def planned_examples(run: Run) -> list[int]:
+    """The training examples the run's remaining steps will read (all of them once it covers an epoch)."""
+    t, state, n = run.spec.training, run.state, len(run.setup.train_set)
+    micro_batches = (run.total_steps - state.step) * t.grad_accum
+    seen: set[int] = set()
+    stream = micro_batch_indices(n, t.batch_size, t.seed, state.epoch, state.batches_in_epoch)
+    for _, (_, chunk) in zip(range(micro_batches), stream, strict=False):
+        seen.update(chunk)
+        if len(seen) == n:
+            break
+    return sorted(seen)
 
 
 def optimizer_step(

@@ -327,8 +327,37 @@ def test_dskd_train_fills_the_cache_and_dskd_cache_lists_and_removes_it(toy_worl
     assert listing.exit_code == 0 and "1 entries" in listing.output
     (entry,) = TeacherCache(tmp_path / "cache").summaries()
     line = next(x for x in listing.output.splitlines() if x.startswith(entry.key))
-    assert line.split()[1] == "16" and str(toy_world.teacher) in line and "fp32/fp32" in line
+    # Two steps of 4 read 8 of the 12 training examples: only those are computed, with the 4 dev examples.
+    assert line.split()[1] == "12" and str(toy_world.teacher) in line and "fp32/fp32" in line
     assert runner.invoke(app, ["cache", "rm", "zzz", *cache_dir]).exit_code == 2
     removed = runner.invoke(app, ["cache", "rm", entry.key[:6], *cache_dir])
     assert removed.exit_code == 0 and f"removed {entry.key}" in removed.output
     assert TeacherCache(tmp_path / "cache").summaries() == []
+
+
+def test_a_job_caches_only_the_training_examples_its_steps_will_read():
+    from types import SimpleNamespace
+
+    from dskd_core.checkpoint import TrainState
+    from dskd_core.training.step import micro_batch_indices, planned_examples
+
+    def run(steps: int, state: TrainState, grad_accum: int = 1):
+        training = SimpleNamespace(batch_size=4, grad_accum=grad_accum, seed=0)
+        return SimpleNamespace(
+            spec=SimpleNamespace(training=training),
+            state=state,
+            total_steps=steps,
+            setup=SimpleNamespace(train_set=[None] * 10),
+        )
+
+    stream = micro_batch_indices(10, 4, 0, 0, 0)
+    first, second, third, fourth = (next(stream)[1] for _ in range(4))
+    assert planned_examples(run(2, TrainState())) == sorted(first + second)
+    assert planned_examples(run(1, TrainState(), grad_accum=2)) == sorted(first + second)
+    # Resumed after one micro-batch: the next ones only; past the epoch's end (10 examples in 3 micro-batches),
+    # the next epoch's order.
+    assert planned_examples(run(2, TrainState(step=1, batches_in_epoch=1))) == sorted(second)
+    assert planned_examples(run(4, TrainState(step=1, batches_in_epoch=1))) == sorted(
+        set(second + third + fourth)
+    )
+    assert planned_examples(run(100, TrainState())) == list(range(10))
