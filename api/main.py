@@ -10,8 +10,9 @@ from fastapi.staticfiles import StaticFiles
 
 from api.auth import require_principal
 from api.db.session import session_factory
-from api.errors import install_error_handlers
+from api.errors import install_error_handlers, problem_responses
 from api.limits import UploadLimitMiddleware
+from api.openapi import install_docs, install_problem_schema, operation_id
 from api.queue import JobQueue, queue_from_settings
 from api.routes import artifacts, datasets, events, health, jobs
 from api.settings import Settings, get_settings
@@ -32,14 +33,23 @@ TAGS = [
 
 DESCRIPTION = """Distil large language models (DSKD and baselines) as queued jobs.
 
-Authenticate with `Authorization: Bearer <api key>` (create one with `dskd keys create NAME`).
+Authenticate with `Authorization: Bearer <api key>` (create one with `dskd keys create NAME`); in these docs,
+press **Authorize** and paste the key.
 Errors are `application/problem+json` (RFC 9457); validation errors list the offending fields in `errors`."""
 
 
 def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
-    app = FastAPI(title="dskd", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS)
+    app = FastAPI(
+        title="dskd",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url=None,  # install_docs serves /docs and /redoc from local files
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
+    )
     app.state.settings = settings
     app.state.session_factory = session_factory(settings.database_url)
     app.state.queue = queue or queue_from_settings(settings)
@@ -49,7 +59,10 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.include_router(health.router)
     authenticated = [Depends(require_principal)]
     for module in (jobs, events, artifacts, datasets):
-        app.include_router(module.router, dependencies=authenticated)
+        # Every authenticated route can answer 401, and 503 when the database is unreachable or saturated.
+        app.include_router(module.router, dependencies=authenticated, responses=problem_responses(401, 503))
+    install_docs(app)
+    install_problem_schema(app)
 
     # Streams are cut at the limit (plus multipart framing); the handler enforces the exact file size.
     app.add_middleware(UploadLimitMiddleware, path="/v1/datasets", limit=settings.max_upload_bytes)
