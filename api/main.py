@@ -12,9 +12,11 @@ from api.auth import require_principal
 from api.db.session import session_factory
 from api.errors import install_error_handlers, problem_responses
 from api.limits import UploadLimitMiddleware
+from api.logs import RequestIdMiddleware, configure_logging
+from api.observability import install_metrics
 from api.openapi import install_docs, install_problem_schema, operation_id
 from api.queue import JobQueue, queue_from_settings
-from api.routes import artifacts, datasets, events, health, jobs
+from api.routes import artifacts, datasets, downloads, events, health, jobs, metrics
 from api.settings import Settings, get_settings
 from api.streaming import EventHubs
 
@@ -23,9 +25,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 TAGS = [
     {"name": "jobs", "description": "Submit distillation jobs, follow their status and cancel them."},
     {"name": "events", "description": "Per-job progress events: a JSON page or a Server-Sent Events stream."},
+    {"name": "metrics", "description": "A job's metric history (loss, learning rate, dev metrics) by step."},
     {
         "name": "artifacts",
-        "description": "The distilled student: exported files and a tar, with Range downloads.",
+        "description": "The distilled student: exported files and a tar, with Range downloads and signed links.",
     },
     {"name": "datasets", "description": "Upload JSONL instruction data once; jobs name it by id."},
     {"name": "health", "description": "Liveness and readiness probes (no authentication)."},
@@ -58,14 +61,18 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     app.include_router(health.router)
     authenticated = [Depends(require_principal)]
-    for module in (jobs, events, artifacts, datasets):
+    for module in (jobs, events, metrics, artifacts, datasets):
         # Every authenticated route can answer 401, and 503 when the database is unreachable or saturated.
         app.include_router(module.router, dependencies=authenticated, responses=problem_responses(401, 503))
+    app.include_router(downloads.router)  # public: the signed token is the credential
     install_docs(app)
     install_problem_schema(app)
 
     # Streams are cut at the limit (plus multipart framing); the handler enforces the exact file size.
     app.add_middleware(UploadLimitMiddleware, path="/v1/datasets", limit=settings.max_upload_bytes)
+    if settings.metrics_enabled:
+        install_metrics(app, settings)
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost: every log line of a request has its id
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 
     @app.get("/", include_in_schema=False)
@@ -78,5 +85,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 def __getattr__(name: str) -> FastAPI:
     # `uvicorn api.main:app` builds the app lazily, so importing this module has no side effects.
     if name == "app":
-        return create_app()
+        settings = get_settings()
+        configure_logging(settings)
+        return create_app(settings)
     raise AttributeError(name)
