@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -19,12 +20,14 @@ from celery.signals import worker_process_init
 from sqlalchemy.orm import Session
 
 from api.db.models import TERMINAL_STATUSES, Dataset, Job
+from api.logs import JOB_ID
 from api.services import artifacts as artifact_service
 from api.services import events as event_service
 from api.services import jobs as job_service
 from api.settings import Settings, get_settings
 from dskd_core.errors import PreflightError
 from worker.celery_app import app
+from worker.joblog import ProgressLogSink, log_failure
 from worker.progress import DbProgressSink, LeaseKeeper, SessionFactory
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,23 @@ def execute_job(
     Returns the outcome: succeeded, failed, cancelled, skipped (not claimable: a duplicate delivery, a
     finished or unknown job) or lease_lost (another worker took the job over; nothing was written).
     """
+    token = JOB_ID.set(job_id)  # every log line of this job carries its id
+    started = time.monotonic()
+    try:
+        outcome = _execute_job(job_id, settings, session_factory, worker_id, device)
+    finally:
+        JOB_ID.reset(token)
+    log.info("job %s: %s after %.1f s", job_id, outcome, time.monotonic() - started)
+    return outcome
+
+
+def _execute_job(
+    job_id: str,
+    settings: Settings | None,
+    session_factory: SessionFactory | None,
+    worker_id: str | None,
+    device: str | None,
+) -> str:
     settings = settings or get_settings()
     sessions = session_factory or session_factory_for(settings)
     worker_id = worker_id or new_worker_id()
@@ -128,9 +148,19 @@ def execute_job(
             return "cancelled"
         spec_dict = dict(job.spec)
         dataset_id = job.dataset_id
+        log.info(
+            "job %s: started (attempt %d/%d, %s, student %s)",
+            job_id,
+            job.attempt,
+            job.max_attempts,
+            spec_dict.get("distill", {}).get("method"),
+            spec_dict.get("student", {}).get("name_or_path"),
+        )
 
     run_dir = settings.runs_dir / job_id
-    sink = DbProgressSink(job_id, sessions, min_interval=settings.event_min_interval_seconds)
+    sink = ProgressLogSink(
+        DbProgressSink(job_id, sessions, min_interval=settings.event_min_interval_seconds), job_id
+    )
     # The lease is renewed until the outcome is recorded: exporting a large student takes a while too.
     with LeaseKeeper(job_id, worker_id, sessions, lease_seconds=settings.lease_seconds) as lease:
         try:
@@ -144,8 +174,9 @@ def execute_job(
         except BaseException as exc:
             if lease.lease_lost:
                 return "lease_lost"  # another worker owns the job now; touch nothing
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            _finish(sessions, job_id, "failed", error=classify_error(exc))
+            error = classify_error(exc)
+            log_failure(job_id, error, exc)
+            _finish(sessions, job_id, "failed", error=error)
             return "failed"
         if lease.lease_lost:
             return "lease_lost"
@@ -183,7 +214,7 @@ def _record_export(sessions: SessionFactory, job_id: str, result: Any, settings:
 
 
 def _run_engine(
-    spec_dict: dict[str, Any], run_dir: Path, sink: DbProgressSink, lease: LeaseKeeper, device: str | None
+    spec_dict: dict[str, Any], run_dir: Path, sink: ProgressLogSink, lease: LeaseKeeper, device: str | None
 ):
     from dskd_core.preflight import preflight
     from dskd_core.spec import JobSpec
@@ -213,6 +244,17 @@ def _fresh_connections_after_fork(**_: object) -> None:
     dispose_all_after_fork()
 
 
-@app.task(name="dskd.run_job", acks_late=True, reject_on_worker_lost=True)
+class JobFailed(Exception):
+    """Raised by the Celery task for a failed job, so Celery and Flower record a failure, not a success.
+
+    Listed in the task's `throws`: Celery logs it as an expected error (one line, no traceback; the worker
+    already logged the cause) and acks the message, so a failed job is not redelivered.
+    """
+
+
+@app.task(name="dskd.run_job", acks_late=True, reject_on_worker_lost=True, throws=(JobFailed,))
 def run_job(job_id: str) -> str:
-    return execute_job(job_id)
+    outcome = execute_job(job_id)
+    if outcome == "failed":
+        raise JobFailed(f"job {job_id} failed (its error is on the job: GET /v1/jobs/{job_id})")
+    return outcome
