@@ -11,7 +11,8 @@ from fastapi.staticfiles import StaticFiles
 from api.auth import require_principal
 from api.db.session import session_factory
 from api.errors import install_error_handlers, problem_responses
-from api.limits import UploadLimitMiddleware
+from api.headers import SecurityHeadersMiddleware
+from api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from api.logs import RequestIdMiddleware, configure_logging
 from api.observability import install_metrics
 from api.openapi import install_docs, install_problem_schema, operation_id
@@ -68,10 +69,15 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     install_docs(app)
     install_problem_schema(app)
 
-    # Streams are cut at the limit (plus multipart framing); the handler enforces the exact file size.
-    app.add_middleware(UploadLimitMiddleware, path="/v1/datasets", limit=settings.max_upload_bytes)
+    # Outermost last: bodies are size-capped before anything reads them (the upload handler enforces the exact
+    # file size), then JSON bodies are checked for values no handler should see.
+    app.add_middleware(JsonGuardMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
     if settings.metrics_enabled:
-        install_metrics(app, settings)
+        install_metrics(app, settings)  # outside the limits: refused requests are counted too
     app.add_middleware(RequestIdMiddleware)  # added last = outermost: every log line of a request has its id
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 

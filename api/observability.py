@@ -2,7 +2,7 @@
 
 The job gauges are read from the database at scrape time, so every API process reports the same figures and
 nothing has to be pushed: jobs by status, the queue depth, each running job's step, steps per second (from its
-two newest progress events) and the age of its worker's last heartbeat (the lease renewal, every few seconds).
+two newest progress events) and the age of its worker's last heartbeat (written with each lease renewal).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class JobsCollector(Collector):
         with self._sessions() as session:
             counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
             active = session.execute(
-                select(Job.id, Job.progress, Job.lease_owner, Job.lease_expires_at).where(
+                select(Job.id, Job.progress, Job.lease_owner, Job.lease_expires_at, Job.heartbeat_at).where(
                     Job.status.in_(ACTIVE)
                 )
             ).all()
@@ -93,15 +93,18 @@ class JobsCollector(Collector):
         for status in JobStatus:
             by_status.add_metric([status.value], counts.get(status.value, 0))
         queue.add_metric([], counts.get(JobStatus.queued.value, 0))
-        for job_id, progress, worker, lease_expires in active:
+        for job_id, progress, worker, lease_expires, beat in active:
             if isinstance((progress or {}).get("step"), int):
                 step.add_metric([job_id], progress["step"])
             speed = steps_per_second(recent[job_id])
             if speed is not None:
                 rate.add_metric([job_id], speed)
-            if worker and lease_expires is not None:
-                renewed = lease_expires.timestamp() - self._lease_seconds
-                heartbeat.add_metric([worker, job_id], max(0.0, now - renewed))
+            if worker and (beat is not None or lease_expires is not None):
+                # heartbeat_at when the worker writes it; else the lease's last renewal.
+                last = (
+                    beat.timestamp() if beat is not None else lease_expires.timestamp() - self._lease_seconds
+                )
+                heartbeat.add_metric([worker, job_id], max(0.0, now - last))
         return [by_status, queue, step, rate, heartbeat]
 
 

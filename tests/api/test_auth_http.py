@@ -86,6 +86,8 @@ def test_keys_of_one_owner_share_jobs(client: TestClient, session, alice, job_id
     assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {second}"}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/docs", "/redoc", "/openapi.json", "/ui/", "/ui/js/app.js", "/metrics"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/docs", "/redoc", "/openapi.json", "/ui/", "/ui/js/app.js", "/metrics"]
+)
 def test_public_routes(client: TestClient, path: str) -> None:
     assert client.get(path).status_code == 200

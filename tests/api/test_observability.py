@@ -29,7 +29,8 @@ def test_metrics_is_prometheus_text_with_job_gauges(client: TestClient, session,
     assert client.get("/v1/jobs", headers=alice).status_code == 200
     job = session.get(Job, job_id)
     job.status, job.lease_owner = "running", "host:1:abc"
-    job.lease_expires_at = utcnow() + timedelta(seconds=117)  # renewed 3 s ago with the default 120 s lease
+    job.lease_expires_at = utcnow() + timedelta(seconds=117)
+    job.heartbeat_at = utcnow() - timedelta(seconds=6)  # the worker's last heartbeat
     job.progress = {"step": 40, "total_steps": 100}
     session.commit()
     for step in (20, 40):
@@ -45,7 +46,7 @@ def test_metrics_is_prometheus_text_with_job_gauges(client: TestClient, session,
     assert samples[("dskd_job_step", (("job_id", job_id),))] == 40
     assert samples[("dskd_job_steps_per_second", (("job_id", job_id),))] > 0
     age = samples[("dskd_worker_heartbeat_age_seconds", (("job_id", job_id), ("worker", "host:1:abc")))]
-    assert 2 <= age < 10
+    assert 5 <= age < 15
     requests = [
         v
         for (name, labels), v in samples.items()

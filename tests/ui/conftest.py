@@ -49,9 +49,11 @@ class PageProblems:
 
 
 @pytest.fixture
-def page(browser: Any, live: Any) -> Iterator[Any]:
+def page(browser: Any, live: Any) -> Iterator[Any]:  # noqa: F811
     """A page on the live service, with its API key already stored; fails the test on console errors."""
-    context = browser.new_context(base_url=live.url, viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    context = browser.new_context(
+        base_url=live.url, viewport={"width": 1360, "height": 900}, accept_downloads=True
+    )
     problems = PageProblems()
 
     def only_local(route: Any) -> None:

@@ -64,7 +64,9 @@ def test_running_job_curve_grows_then_cancel(page: Any, live: LiveService) -> No
     job_id = submit(live, name="[slow] live curves", steps=400, wait=False)
     page.goto(f"/ui/#/jobs/{job_id}")
     expect(page.locator("h1")).to_have_text("[slow] live curves")
-    page.wait_for_function("() => +document.querySelector('[data-chart=loss]').dataset.points >= 3", timeout=15_000)
+    page.wait_for_function(
+        "() => +document.querySelector('[data-chart=loss]').dataset.points >= 3", timeout=15_000
+    )
     first = points(page, "loss")
     page.wait_for_function(
         f"() => +document.querySelector('[data-chart=loss]').dataset.points >= {first + 4}", timeout=15_000
@@ -115,7 +117,9 @@ def test_compare_overlays_runs(page: Any, live: LiveService) -> None:
     expect(page).to_have_url(re.compile(r"#/compare\?ids="))
     table = page.locator('[data-test="compare-table"] tbody tr')
     expect(table).to_have_count(2)
-    expect(page.locator(f'[data-test="compare-table"] tr[data-job="{long}"] [data-metric="dev_ce"]')).to_have_text("2")
+    expect(
+        page.locator(f'[data-test="compare-table"] tr[data-job="{long}"] [data-metric="dev_ce"]')
+    ).to_have_text("2")
     page.wait_for_function("() => +document.querySelector('[data-chart=compare]').dataset.points === 20")
     expect(page.locator('[data-chart="compare"] .u-legend')).to_contain_text("long run")
     page.locator('[data-test="metric"]').select_option("eval:dev_ce")
