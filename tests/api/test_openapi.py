@@ -66,7 +66,7 @@ def test_every_error_response_is_a_documented_problem(client: TestClient) -> Non
             assert {401, 503} <= codes, (method, path)
         if "{" in path and path.startswith("/v1") and not path.startswith("/v1/downloads"):
             assert 404 in codes, (method, path)
-    assert {401, 404, 409, 413, 422, 503} <= seen
+    assert {401, 404, 409, 413, 422, 429, 503} <= seen
 
 
 def _assert_offline_page(client: TestClient, path: str) -> None:
