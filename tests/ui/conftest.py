@@ -73,12 +73,11 @@ def page(browser: Any, live: Any) -> Iterator[Any]:  # noqa: F811
     page.problems = problems
     yield page
     context.close()
-    assert problems.console == [], problems.console
-    assert problems.external == [], problems.external
+    assert (problems.console, problems.external) == ([], [])
 
 
-def shot(page: Any, name: str) -> Path:
+def shot(page: Any, name: str, *, full_page: bool = True) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
