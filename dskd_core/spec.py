@@ -334,6 +334,13 @@ class TrainingSpec(_Strict):
     max_prompt_length: int = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
     max_length: int = Field(512, ge=2, description="Prompt + response tokens kept.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Autocast precision. fp16 is refused.")
+    teacher_cache: Literal["fp32", "bf16", "off"] = Field(
+        "fp32",
+        description="KD methods: store the teacher's hidden states on the training and dev data once and reuse "
+        "them (later epochs, resumed runs, other jobs on the same teacher and data), in fp32 (exact) or bf16 "
+        "(half the disk; teacher logits within 2^-8·Σ|h·w| of exact). Used when the caller gives a cache "
+        "directory (the dskd command and the service do).",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random generator (32 bits).")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine")

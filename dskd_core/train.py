@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dskd_core.cache import TeacherCache
+from dskd_core.cache.fill import CacheBuildCancelled, open_teacher_cache, uses_teacher_cache
 from dskd_core.errors import PreflightError
 from dskd_core.history import RunHistory
 from dskd_core.progress import CancelToken, NeverCancel, NullSink, ProgressSink, RunResult
@@ -43,8 +45,13 @@ def run_job(
     sink: ProgressSink | None = None,
     cancel: CancelToken | None = None,
     device: str | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> RunResult:
-    """Train `spec` in `run_dir` (resuming from its newest complete checkpoint) and export the student."""
+    """Train `spec` in `run_dir` (resuming from its newest complete checkpoint) and export the student.
+
+    With `teacher_cache` (and `training.teacher_cache` not "off"), KD methods read the teacher's hidden states
+    from that cache, computing only the examples it does not hold yet.
+    """
     from accelerate.utils import set_seed
 
     cancel = cancel or NeverCancel()
@@ -72,6 +79,13 @@ def run_job(
     state = run.state
     resumed = f"resumed from {run.resumed_from}" if run.resumed_from else None
     sink.emit(event("started", run, message=resumed))
+    if teacher_cache is not None and uses_teacher_cache(spec):
+        try:
+            run.setup.teacher_cache = open_teacher_cache(
+                spec, run.setup, accelerator, teacher_cache, sink=sink, cancel=cancel
+            )
+        except CacheBuildCancelled:
+            return RunResult("cancelled", state.step, run.total_steps, None, {})
     if state.step == 0 and run.setup.dev_set is not None:  # the "before" figure
         sink.emit(event("eval", run, evaluate(run.setup, accelerator, with_teacher=True)))
 

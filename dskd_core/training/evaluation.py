@@ -135,10 +135,7 @@ def evaluate(setup: Setup, accelerator, *, with_teacher: bool = False) -> dict[s
     )
     indices = list(range(len(setup.dev_set)))[rank::world]
     batches = [
-        {
-            k: v.to(accelerator.device)
-            for k, v in setup.collate([setup.dev_set[j] for j in indices[i : i + bs]]).items()
-        }
+        {k: v.to(accelerator.device) for k, v in setup.collate_split("dev", indices[i : i + bs]).items()}
         for i in range(0, len(indices), bs)
     ]
     was_training = student.training

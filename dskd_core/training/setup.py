@@ -36,6 +36,17 @@ class Setup:
     collate: Any
     train_records: list | None = None
     dev_records: list | None = None  # for generation-based dev evaluation (EvalSpec.interval)
+    teacher_cache: Any | None = (
+        None  # cache.fill.CachedTeacher once opened: batches carry the teacher's states
+    )
+
+    def collate_split(self, split: str, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Collate examples `indices` of "train" or "dev", with the cached teacher states when there are any."""
+        data = self.train_set if split == "train" else self.dev_set
+        batch = self.collate([data[j] for j in indices])
+        if self.teacher_cache is not None:
+            self.teacher_cache.attach(batch, split, indices)
+        return batch
 
 
 @dataclass

@@ -70,7 +70,7 @@ def batch_stream(
             ]
             if world == 1:
                 chunk = chunk[: n - i * batch_size]  # one process: no padding, the last batch may be short
-            batch = setup.collate([setup.train_set[j] for j in chunk])
+            batch = setup.collate_split("train", chunk)
             position = (epoch, i + 1) if i + 1 < per_epoch else (epoch + 1, 0)
             yield position, {k: v.to(accelerator.device) for k, v in batch.items()}
         epoch, start = epoch + 1, 0
