@@ -52,7 +52,7 @@ def make_formatter(log_format: str) -> logging.Formatter:
             "{asctime}{levelname}{name}{message}{request_id}{job_id}",
             style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            reserved_attrs=[*_RESERVED, "context"],
+            reserved_attrs=[*_RESERVED, "context", "color_message"],  # uvicorn's ANSI-coloured copy
         )
     return logging.Formatter(TEXT_FORMAT)
 

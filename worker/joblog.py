@@ -45,11 +45,11 @@ class ProgressLogSink:
         self.inner.emit(event)  # first: it may stop the run (a non-finite loss), then nothing is logged
         now = self._clock()
         if event.type == "started":
-            self._rate_origin = (event.step, now)
+            self._rate_origin = None  # measured from the first step: the first evaluation is no training
             log.info("job %s: training started at step %d/%d", self.job_id, event.step, event.total_steps)
         elif event.type == "step":
             if self._rate_origin is None:
-                self._rate_origin = (event.step - 1, now)
+                self._rate_origin = (event.step, now)
             last = event.total_steps and event.step >= event.total_steps
             if last or now - self._last_logged >= self._interval:
                 self._last_logged = now

@@ -44,6 +44,7 @@ def test_progress_is_logged_every_interval_with_rate_and_eta(caplog) -> None:
     steps = [line for line in lines if ": step " in line]
     # The first step, then every 30 s, and always the last one.
     assert [line.split()[3] for line in steps] == ["1/100", "31/100", "61/100", "91/100", "100/100"]
+    assert "steps/s" not in steps[0]  # the rate is measured from the first step on
     assert "1.00 steps/s" in steps[1] and "eta 69 s" in steps[1] and "loss 0.0323" in steps[1]
     assert "evaluation at step 100: dev_ce 1.25" in lines[-2] and lines[-1] == "job job42: note"
 
