@@ -53,6 +53,15 @@ def test_list_filter_and_empty_states(page: Any, live: LiveService) -> None:
     expect(page.locator(f'tr[data-job="{running}"] [data-status]')).to_have_text("running", timeout=10_000)
     shot(page, "list")
 
+    page.goto("/ui/#/?limit=2")  # pages follow the API's cursor
+    expect(rows).to_have_count(2)
+    page.locator('[data-test="next-page"]').click()
+    expect(rows).to_have_count(1)
+    expect(page.locator(f'tr[data-job="{done}"]')).to_be_visible()  # the oldest job is on the second page
+    page.locator('[data-test="previous-page"]').click()
+    expect(rows).to_have_count(2)
+
+    page.goto("/ui/")
     page.locator('[data-filter="failed"]').click()
     expect(rows).to_have_count(1)
     expect(page.locator(f'tr[data-job="{failed}"]')).to_contain_text("failed")

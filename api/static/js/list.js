@@ -10,6 +10,7 @@ export async function renderJobs(view, params, ctx) {
   const status = FILTERS.includes(params.get("status")) ? params.get("status") : "all";
   const cursors = (params.get("cursors") || "").split(",").filter(Boolean); // the pages before this one
   const cursor = cursors.length ? cursors[cursors.length - 1] : null;
+  const limit = Math.min(200, Math.max(1, parseInt(params.get("limit"), 10) || 20));
   const selected = new Set();
 
   const compareButton = el("button", { class: "primary", disabled: true, "data-test": "compare", onclick: () => {
@@ -66,7 +67,7 @@ export async function renderJobs(view, params, ctx) {
   }
 
   async function load() {
-    const page = await api("/v1/jobs", { query: { status: status === "all" ? null : status, cursor, limit: 20 },
+    const page = await api("/v1/jobs", { query: { status: status === "all" ? null : status, cursor, limit },
       signal: ctx.signal });
     if (!page.items.length && !cursor) {
       card.replaceChildren(empty());
@@ -74,9 +75,10 @@ export async function renderJobs(view, params, ctx) {
     }
     if (!card.contains(table)) card.replaceChildren(table, pager);
     body.replaceChildren(...page.items.map(row));
-    const base = status === "all" ? "" : `status=${status}&`;
+    const base = (status === "all" ? "" : `status=${status}&`) + (params.get("limit") ? `limit=${limit}&` : "");
     pager.replaceChildren(
-      cursors.length ? el("a", { href: `#/?${base}cursors=${cursors.slice(0, -1).join(",")}` }, "← Newer") : "",
+      cursors.length ? el("a", { href: `#/?${base}cursors=${cursors.slice(0, -1).join(",")}`,
+        "data-test": "previous-page" }, "← Newer") : "",
       el("span", { class: "spacer" }),
       page.next_cursor ? el("a", { href: `#/?${base}cursors=${[...cursors, page.next_cursor].join(",")}`,
         "data-test": "next-page" }, "Older →") : "");
