@@ -118,10 +118,10 @@ def execute_job(
     started = time.monotonic()
     try:
         outcome = _execute_job(job_id, settings, session_factory, worker_id, device)
+        log.info("job %s: %s after %.1f s", job_id, outcome, time.monotonic() - started)
+        return outcome
     finally:
         JOB_ID.reset(token)
-    log.info("job %s: %s after %.1f s", job_id, outcome, time.monotonic() - started)
-    return outcome
 
 
 def _execute_job(
