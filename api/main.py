@@ -8,8 +8,9 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from api import runtime
+from api.admission import AdmissionMiddleware
 from api.auth import require_principal
-from api.db.session import session_factory
 from api.errors import install_error_handlers, problem_responses
 from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware, JsonGuardMiddleware
@@ -19,7 +20,6 @@ from api.openapi import install_docs, install_problem_schema, operation_id
 from api.queue import JobQueue, queue_from_settings
 from api.routes import artifacts, datasets, downloads, events, health, jobs, metrics
 from api.settings import Settings, get_settings
-from api.streaming import EventHubs
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -50,14 +50,14 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         version="0.1.0",
         description=DESCRIPTION,
         openapi_tags=TAGS,
+        lifespan=runtime.lifespan,
         docs_url=None,  # install_docs serves /docs and /redoc from local files
         redoc_url=None,
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
-    app.state.session_factory = session_factory(settings.database_url)
     app.state.queue = queue or queue_from_settings(settings)
-    app.state.event_hubs = EventHubs(app.state.session_factory, settings.sse_poll_interval_seconds)
+    runtime.configure(app, settings)
     install_error_handlers(app)
 
     app.include_router(health.router)
@@ -74,6 +74,13 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.add_middleware(JsonGuardMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, json_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
+    )
+    # A bounded number of requests in progress; the rest wait their turn, then 503 with Retry-After.
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_active=settings.max_active_requests,
+        max_waiting=settings.max_waiting_requests,
+        wait_seconds=settings.request_wait_seconds,
     )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.metrics_enabled:
