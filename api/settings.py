@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,14 @@ class Settings(BaseSettings):
     teacher_cache_max_gb: float = Field(
         50.0, gt=0.0, description="Size cap of the teacher cache in data_dir/teacher-cache (LRU eviction)."
     )
+    # Observability and downloads (README "Operating the service").
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
+    log_level: str = Field("INFO", description="Level of the dskd loggers (DEBUG, INFO, WARNING, …).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    signing_key: str = Field(
+        "", description="Key of the signed download links; default a random key in data_dir/signing.key."
+    )
+    download_link_seconds: int = Field(900, ge=10, description="How long a signed download link is valid.")
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -15,6 +15,7 @@ from pathlib import Path
 from dskd_core.cache import TeacherCache
 from dskd_core.cache.fill import CacheBuildCancelled, open_teacher_cache, uses_teacher_cache
 from dskd_core.errors import PreflightError
+from dskd_core.history import RunHistory
 from dskd_core.launch import in_distributed_launch, run_in_processes
 from dskd_core.progress import CancelToken, NeverCancel, NullSink, ProgressSink, RunResult
 from dskd_core.spec import JobSpec
@@ -95,6 +96,8 @@ def run_job(
     refuse_sharded_launch(accelerator)
     # One process reports: the others would repeat the same events.
     sink = (sink or NullSink()) if accelerator.is_main_process else NullSink()
+    if accelerator.is_main_process:  # run_dir/metrics.jsonl and training.report_to's trackers
+        sink = RunHistory.open(spec, run_dir, sink)
     set_seed(t.seed)
 
     # ---- set-up: everything that can fail does so before the first step
