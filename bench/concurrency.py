@@ -70,7 +70,9 @@ class LoadResult:
 # --------------------------------------------------------------------------------------------- the server
 
 
-def start_server(database_url: str, data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    database_url: str, data_dir: Path, port: int, log_path: Path, *, access_log: bool = False
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSKD_")}
     env.update(
         DSKD_DATABASE_URL=database_url,
@@ -80,7 +82,7 @@ def start_server(database_url: str, data_dir: Path, port: int, log_path: Path) -
         DSKD_SSE_KEEPALIVE_SECONDS="5",
     )
     argv = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)]
-    argv += ["--log-level", "warning", "--timeout-keep-alive", "30"]
+    argv += ["--log-level", "info" if access_log else "warning", "--timeout-keep-alive", "30"]
     return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
 
 

@@ -28,7 +28,7 @@ def _too_large(limit: int) -> ProblemError:
     status_code=201,
     response_model=DatasetOut,
     summary="Upload a JSONL dataset",
-    responses=problem_responses(401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422),
 )
 def upload_dataset(
     principal: CurrentPrincipal,
