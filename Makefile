@@ -1,6 +1,6 @@
 PY := .venv/bin/python
 
-.PHONY: setup demo demo-engine test test-all lint bench services
+.PHONY: setup demo demo-engine test test-all lint bench services chaos
 
 setup:  ## create .venv and install everything (CPU torch first)
 	bash scripts/setup.sh
@@ -19,6 +19,9 @@ test-all: setup  ## including slow tests
 
 services:  ## start (or install) PostgreSQL and Redis on 127.0.0.1
 	bash scripts/services.sh
+
+chaos: setup  ## the fault suite: its own PostgreSQL and Redis, worker kills, broker/database restarts, serve kill -9, disk full
+	$(PY) bench/chaos.py
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
