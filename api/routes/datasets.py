@@ -119,6 +119,8 @@ def delete_dataset(
     assert settings.datasets_dir is not None
     try:
         svc.delete_dataset(session, dataset, settings.datasets_dir)
+    except svc.DatasetGone:
+        raise ProblemError(404, f"no dataset '{dataset_id}'", slug="not-found") from None
     except svc.DatasetInUse as e:
         raise ProblemError(
             409, f"dataset '{dataset_id}' is used by unfinished job '{e.args[0]}'", slug="dataset-in-use"
