@@ -11,7 +11,8 @@ from fastapi.staticfiles import StaticFiles
 from api.auth import require_principal
 from api.db.session import session_factory
 from api.errors import install_error_handlers
-from api.limits import UploadLimitMiddleware
+from api.headers import SecurityHeadersMiddleware
+from api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from api.queue import JobQueue, queue_from_settings
 from api.routes import artifacts, datasets, events, health, jobs
 from api.settings import Settings, get_settings
@@ -51,8 +52,13 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     for module in (jobs, events, artifacts, datasets):
         app.include_router(module.router, dependencies=authenticated)
 
-    # Streams are cut at the limit (plus multipart framing); the handler enforces the exact file size.
-    app.add_middleware(UploadLimitMiddleware, path="/v1/datasets", limit=settings.max_upload_bytes)
+    # Outermost last: bodies are size-capped before anything reads them (the upload handler enforces the exact
+    # file size), then JSON bodies are checked for values no handler should see.
+    app.add_middleware(JsonGuardMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 
     @app.get("/", include_in_schema=False)

@@ -20,7 +20,26 @@ class Settings(BaseSettings):
     models_root: Path | None = Field(None, description="The only local directory a job may name a model in.")
     datasets_dir: Path | None = None
     runs_dir: Path | None = None
-    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest dataset upload.")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest body of any other request (job specs are a few KB)."
+    )
+    # Bounds on what one job may ask for (the engine's own ranges are wider: they serve the CLI too).
+    max_job_steps: int = Field(
+        100_000, ge=1, description="Optimizer steps a job may run (max_steps or epochs)."
+    )
+    max_job_epochs: float = Field(100.0, gt=0, description="Largest training.epochs.")
+    max_job_length: int = Field(8192, ge=2, description="Largest token length (training and generation).")
+    max_job_batch_size: int = Field(256, ge=1, description="Largest batch size (training and evaluation).")
+    max_queued_jobs_per_key: int = Field(
+        20, ge=1, description="Jobs one tenant may have waiting; more answers 429."
+    )
+    max_running_jobs_per_key: int = Field(
+        2, ge=1, description="Jobs of one tenant the workers run at once; the rest wait in the queue."
+    )
+    allow_hub_models: bool = Field(
+        True, description="Accept Hugging Face hub ids (off for offline deployments: local models only)."
+    )
     lease_seconds: int = Field(120, ge=1)
     max_attempts: int = Field(3, ge=1)
     event_min_interval_seconds: float = Field(

@@ -187,13 +187,13 @@ def _run_engine(
 ):
     from dskd_core.preflight import preflight
     from dskd_core.spec import JobSpec
-    from dskd_core.train import run_job as engine_run
+    from worker.engine_launch import run_engine
 
     spec = JobSpec.model_validate(spec_dict)
     report = preflight(spec)  # tokenizers only: fails a hopeless job in seconds, before any model loads
     for line in report.notes:
         sink.emit_log(line)
-    return engine_run(spec, run_dir, sink=sink, cancel=lease, device=device)
+    return run_engine(spec, run_dir, sink=sink, cancel=lease, device=device)
 
 
 def _finish(

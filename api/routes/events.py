@@ -19,6 +19,8 @@ from api.schemas.events import EventOut, EventPage
 from api.services.events import list_events
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
+# seq is a 32-bit column: a larger number cannot name an event (and PostgreSQL would refuse to compare it).
+MAX_SEQ = 2**31 - 1
 
 
 def _start_seq(after_seq: int, last_event_id: str | None) -> int:
@@ -31,10 +33,10 @@ def _start_seq(after_seq: int, last_event_id: str | None) -> int:
             "Last-Event-ID must be an event seq",
             [field_error("Last-Event-ID", "not an integer", ["header", "Last-Event-ID"])],
         ) from None
-    if value < 0:
+    if not 0 <= value <= MAX_SEQ:
         raise validation_problem(
-            "Last-Event-ID must be ≥ 0",
-            [field_error("Last-Event-ID", "negative", ["header", "Last-Event-ID"])],
+            f"Last-Event-ID must be an event seq between 0 and {MAX_SEQ}",
+            [field_error("Last-Event-ID", "out of range", ["header", "Last-Event-ID"])],
         )
     return value
 
@@ -66,7 +68,7 @@ async def job_events(
     principal: CurrentPrincipal,
     session: SessionDep,
     settings: SettingsDep,
-    after_seq: Annotated[int, Query(ge=0, description="Only events with a larger seq.")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="JSON page size.")] = 100,
     last_event_id: Annotated[
         str | None, Header(description="SSE resume point (overrides after_seq).")

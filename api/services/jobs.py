@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from api.db.base import utcnow
@@ -93,6 +93,22 @@ def create_job(
     session.flush()
     add_event(session, job.id, "status", {"status": S.queued.value, "attempt": 0})
     return job
+
+
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialise one tenant's quota checks until the transaction ends (PostgreSQL advisory lock; SQLite
+    transactions already run one writer at a time)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"dskd-owner:{owner}"})
+
+
+def count_jobs(session: Session, owner: str, statuses: tuple[str, ...]) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(statuses))
+        )
+        or 0
+    )
 
 
 def request_cancel(session: Session, job: Job) -> Job:

@@ -20,7 +20,7 @@ from worker.reaper import reap_once
 def fake_engine(monkeypatch, body):
     """Replace the engine call (after pre-flight) with body(spec, run_dir, sink, cancel)."""
 
-    def run(spec, run_dir, *, sink, cancel, device=None):
+    def run(spec, run_dir, *, sink, cancel, device=None, **engine_options):
         return body(spec, Path(run_dir), sink, cancel)
 
     monkeypatch.setattr("dskd_core.train.run_job", run)
