@@ -55,6 +55,7 @@ for m in "${modules[@]}"; do
 
 [tool.mutmut]
 source_paths = ["dskd_core", "api", "worker"]
+also_copy = ["migrations", "alembic.ini"]
 only_mutate = [${FILES[$m]}]
 pytest_add_cli_args_test_selection = [${TESTS[$m]}]
 pytest_add_cli_args = ["-o", "cache_dir=$ROOT/.pytest_cache", "-p", "no:randomly"]
