@@ -46,7 +46,7 @@ bash scripts/services.sh >/dev/null
 for m in "${modules[@]}"; do
   dir=.mutmut/$m
   mkdir -p "$dir"
-  for p in dskd_core api worker dskd_cli tests migrations alembic.ini; do ln -sfn "$ROOT/$p" "$dir/$p"; done
+  for p in dskd_core api worker dskd_cli tests migrations alembic.ini bench; do ln -sfn "$ROOT/$p" "$dir/$p"; done
   # The project's pytest settings plus this module's mutmut section. The toy world is read from the
   # checkout's pytest cache, so forked test runs do not rebuild it.
   {
@@ -55,7 +55,7 @@ for m in "${modules[@]}"; do
 
 [tool.mutmut]
 source_paths = ["dskd_core", "api", "worker"]
-also_copy = ["migrations", "alembic.ini"]
+also_copy = ["migrations", "alembic.ini", "bench"]
 only_mutate = [${FILES[$m]}]
 pytest_add_cli_args_test_selection = [${TESTS[$m]}]
 pytest_add_cli_args = ["-o", "cache_dir=$ROOT/.pytest_cache", "-p", "no:randomly"]
