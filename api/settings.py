@@ -42,12 +42,53 @@ class Settings(BaseSettings):
     )
     lease_seconds: int = Field(120, ge=1)
     max_attempts: int = Field(3, ge=1)
+    # Load: pools, threads and admission (see docs/service.md, "Capacity").
+    db_pool_size: int = Field(40, ge=1, description="Database connections kept per process.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections opened under bursts.")
+    db_pool_timeout_seconds: float = Field(
+        10.0, gt=0, description="Wait for a free connection before answering 503."
+    )
+    api_threads: int = Field(32, ge=1, description="Threads that run blocking handlers and database reads.")
+    max_active_requests: int = Field(
+        32, ge=1, description="Requests worked on at once; the others wait for a turn."
+    )
+    max_waiting_requests: int = Field(
+        2000, ge=0, description="Requests that may wait for a turn; beyond, 503 at once."
+    )
+    request_wait_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for a turn before 503 with Retry-After."
+    )
+    max_sse_streams: int = Field(1000, ge=1, description="Open event streams per API process (503 beyond).")
+    max_sse_streams_per_key: int = Field(
+        20, ge=1, description="Open event streams of one key per API process (429 beyond)."
+    )
+    sse_listen: bool = Field(True, description="On PostgreSQL, wake event streams by LISTEN/NOTIFY.")
+    sse_safety_poll_seconds: float = Field(
+        5.0, gt=0, description="With LISTEN, also look for missed events this often."
+    )
+    sse_key_check_seconds: float = Field(
+        2.0, gt=0, description="How soon a revoked key's open streams close."
+    )
+    api_reaper: bool = Field(
+        True, description="Run the reaper in the API process too (no live worker needed)."
+    )
     event_min_interval_seconds: float = Field(
         1.0, ge=0.0, description="Worker throttle between progress events."
     )
     sse_keepalive_seconds: float = Field(15.0, gt=0.0)
     sse_poll_interval_seconds: float = Field(0.25, gt=0.0)
-    reaper_interval_seconds: float = Field(60.0, gt=0.0)
+    reaper_interval_seconds: float = Field(
+        5.0, gt=0.0, description="How often the reaper looks for lost jobs."
+    )
+    heartbeat_seconds: float = Field(
+        2.0, gt=0.0, description="How often a running job's worker renews its lease and heartbeat."
+    )
+    dead_worker_seconds: float = Field(
+        15.0,
+        gt=0.0,
+        description="A heartbeat older than this (while the database was reachable) means the worker is gone. "
+        "Keep it above reaper_interval_seconds + 2 × heartbeat_seconds.",
+    )
     queued_resend_seconds: float = Field(
         600.0, gt=0.0, description="Re-send queued jobs unclaimed this long."
     )
