@@ -18,7 +18,7 @@ from api.db.models import Job
 from api.db.session import session_factory
 from api.services.events import append_event
 from api.services.jobs import transition
-from api.streaming import EventHub
+from api.streaming import EventHub, StreamSettings
 
 
 def test_replayed_events_are_not_sent_again_by_the_live_poller(db_url: str, job_id: str) -> None:
@@ -31,28 +31,27 @@ def test_replayed_events_are_not_sent_again_by_the_live_poller(db_url: str, job_
             if finish:
                 transition(s, s.get(Job, job_id), "cancelled")
 
-    hub = EventHub(sessions, 0.05)
     passes, release = [], threading.Event()
-    changes, job_status = hub._changes, hub.job_status
-
-    def held_changes(known: dict[str, int]) -> Any:  # runs in the poller's worker thread
-        passes.append(dict(known))
-        if len(passes) >= 2:
-            release.wait(20)
-        return changes(known)
-
-    following = asyncio.Event()
-
-    async def signalling_job_status(job: str) -> str | None:
-        status = await job_status(job)
-        following.set()  # replay done; the stream now reads the live queue
-        return status
-
-    hub._changes = held_changes  # type: ignore[method-assign]
-    hub.job_status = signalling_job_status  # type: ignore[method-assign]
 
     async def scenario() -> tuple[list[int], list[int]]:
-        async with hub.subscription(job_id) as watcher:  # keeps the job watched from seq 1 on
+        hub = EventHub(sessions, StreamSettings(poll_interval=0.05))  # polling, no LISTEN
+        changes, job_status = hub._changes, hub.job_status
+        following = asyncio.Event()
+
+        def held_changes(known: dict[str, int]) -> Any:  # runs in the poller's worker thread
+            passes.append(dict(known))
+            if len(passes) >= 2:
+                release.wait(20)
+            return changes(known)
+
+        async def signalling_job_status(job: str) -> str | None:
+            status = await job_status(job)
+            following.set()  # replay done; the stream now reads the live queue
+            return status
+
+        hub._changes = held_changes  # type: ignore[method-assign]
+        hub.job_status = signalling_job_status  # type: ignore[method-assign]
+        async with hub.subscription(job_id, "key-1") as watcher:  # keeps the job watched from seq 1 on
             while len(passes) < 2:  # the first pass saw nothing; the second is held
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(write, 1, 2)  # seq 2, 3
@@ -63,7 +62,7 @@ def test_replayed_events_are_not_sent_again_by_the_live_poller(db_url: str, job_
                 await asyncio.to_thread(write, 3, finish=True)  # seq 4, 5 (terminal)
 
             writer = asyncio.create_task(finish_when_following())
-            async for event in hub.stream(job_id, 0):
+            async for event in hub.stream(job_id, 0, "key-2"):
                 seqs.append(event["seq"])
                 if event["seq"] == 3:  # replayed 1..3: now let the poller push 2 and 3 as live events
                     release.set()
