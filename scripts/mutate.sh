@@ -54,11 +54,12 @@ for m in "${modules[@]}"; do
     cat <<EOF
 
 [tool.mutmut]
-source_paths = ["dskd_core", "api", "worker"]
+source_paths = ["dskd_core", "api", "worker", "dskd_cli"]
 also_copy = ["migrations", "alembic.ini", "bench"]
 only_mutate = [${FILES[$m]}]
 pytest_add_cli_args_test_selection = [${TESTS[$m]}]
-pytest_add_cli_args = ["-o", "cache_dir=$ROOT/.pytest_cache", "-p", "no:randomly"]
+# The SSE fan-out load test is left out: it measures capacity, not logic, and fails when the machine is busy.
+pytest_add_cli_args = ["-o", "cache_dir=$ROOT/.pytest_cache", "-p", "no:randomly", "--ignore=tests/api/test_sse_fanout.py"]
 process_isolation = "forkserver"
 use_git_change_detection = false
 EOF
