@@ -13,6 +13,8 @@ Variants (each the loss and its backward pass from hidden states already compute
   uld          the `uld` distiller's forward, default spec (cross-vocabulary, the same pair)
 The distillers run on stand-in models that return fixed hidden states (`_lm`): what is measured is the loss
 from the last hidden states on, the part whose memory grows with the vocabulary.
+  dense_dskd   (--variants) DSKD's own published form: the four [N, V] logit tensors (student, teacher, and the
+               two projected heads) in full, log-softmaxes of each, forward + backward; about 2.5× dense's memory
   before       (--before) the previous default: CE + FKL under activation checkpointing, 1024 rows per chunk
 
 Each variant runs in a fresh subprocess: it builds its inputs first (hidden states, heads, labels, the
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("dense", "vanilla_kd", "dskd", "dskd_eta", "uld")
+EXTRA = ("dense_dskd", "before")  # asked for by name (--variants) or flag (--before)
 CROSS = ("dskd_eta", "uld")
 
 
@@ -123,7 +126,7 @@ def _setup(variant: str, n: int, d: int, vocab: int, budget: int | None):
             "teacher": {"name_or_path": "bench-teacher"},
             "data": {"path": "bench.jsonl"},
             "distill": {
-                "method": "sft" if variant in ("dense", "before") else variant,
+                "method": {"dense": "sft", "before": "sft", "dense_dskd": "dskd"}.get(variant, variant),
                 **({"loss_chunk_elements": budget} if budget else {}),
             },
         }
@@ -180,6 +183,29 @@ def _setup(variant: str, n: int, d: int, vocab: int, budget: int | None):
         loss.backward()
         return loss.detach()
 
+    if variant == "dense_dskd":
+
+        def step() -> torch.Tensor:
+            """DSKD v2 with ideal projectors, dense: all four [N, V] logit tensors, full log-softmaxes."""
+
+            def fkl(z_q: torch.Tensor, z_p: torch.Tensor) -> torch.Tensor:
+                log_p = torch.log_softmax(z_p / dist.temperature, -1)
+                log_q = torch.log_softmax(z_q / dist.temperature, -1)
+                return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+            z_s = h_s @ w_s.T
+            with torch.no_grad():
+                z_t = h_t @ w_t.T
+            z_t2s = distiller.t2s(h_t) @ w_s.detach().T
+            z_s2t = distiller._s2t_map()(h_s) @ w_t.T
+            teacher_top = z_t.argmax(-1)
+            agree = z_t2s.detach().argmax(-1) == teacher_top
+            kd = (fkl(z_s, z_t2s.detach()) * agree).mean() + fkl(z_s2t, z_t).mean()
+            kd = kd + F.cross_entropy(z_t2s, teacher_top)
+            loss = (1 - dist.kd_rate) * F.cross_entropy(z_s, labels) + dist.kd_rate * kd
+            loss.backward()
+            return loss.detach()
+
     return step, leaves + [p for p in distiller.parameters() if p.requires_grad]
 
 
@@ -212,6 +238,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "n": n,
         "d": d,
         "threads": torch.get_num_threads(),
+        "budget": args.budget,
+        "block_elements": fused.BLOCK_ELEMENTS,
         "peak_bytes": peak,
         "seconds": statistics.median(times[1:]) if repeats else times[0],
         "first_seconds": times[0],
@@ -228,12 +256,14 @@ def _mem_available_gib() -> float:
     return float("inf")
 
 
-def _dense_need_gib(n: int, vocab: int) -> float:
-    return 9 * n * vocab * 4 / 2**30  # ≈ the dense loss's peak (about eight [N, V] fp32 tensors) plus margin
+def _need_gib(variant: str, n: int, vocab: int) -> float:
+    """Free memory a variant needs: about its peak plus a margin (the dense forms hold many [N, V] tensors)."""
+    tensors = {"dense": 9, "dense_dskd": 20}.get(variant, 2)
+    return tensors * n * vocab * 4 / 2**30
 
 
 def run_variant(args: argparse.Namespace, variant: str, vocab: int) -> dict[str, Any]:
-    need = _dense_need_gib(args.n, vocab)
+    need = _need_gib(variant, args.n, vocab)
     deadline = time.time() + args.wait_minutes * 60
     while _mem_available_gib() < need:
         if time.time() > deadline:
@@ -260,7 +290,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--n", type=int, default=2048, help="valid positions in the step")
     ap.add_argument("--d", type=int, default=256, help="hidden size (both models)")
     ap.add_argument("--vocab", type=int, nargs="+", default=[32000, 151936])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, "before"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *EXTRA])
     ap.add_argument("--before", action="store_true", help="also measure the previous default path")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs after the first")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each subprocess")
@@ -275,7 +305,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     if args.quick:
         args.n, args.d, args.vocab, args.repeats = 256, 32, [4000], 1
-    variants = ["dense"] + [v for v in args.variants if v != "dense"] + (["before"] * args.before)
+    # dense first: the others' ratios are to it (left out only when --variants leaves it out)
+    variants = sorted(
+        set(args.variants) | ({"before"} if args.before else set()), key=[*VARIANTS, *EXTRA].index
+    )
 
     from dskd_core import fused
     from dskd_core.reduce import chunk_rows
@@ -314,7 +347,31 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 flush=True,
             )
             row["peak_ratio"], row["time_ratio"] = ratio_peak, ratio_time
+    _print_targets(rows)
     return rows
+
+
+def _print_targets(rows: list[dict[str, Any]]) -> None:
+    """The issue's targets (peak ≤ 0.2×, time ≤ 1.0× the dense loss at the largest vocabulary), and DSKD
+    against its own dense form where both ran."""
+    measured = [r for r in rows if "skipped" not in r]
+    if not measured:
+        return
+    top = max(r["vocab"] for r in measured)
+    for r in measured:
+        if r["vocab"] == top and r["variant"] in VARIANTS[1:] and r["peak_ratio"] == r["peak_ratio"]:
+            ok = r["peak_ratio"] <= 0.2 and r["time_ratio"] <= 1.0
+            print(
+                f"target at V={top} (peak ≤ 0.2×, time ≤ 1.0× dense): {r['variant']:10} "
+                f"{r['peak_ratio']:.3f}× / {r['time_ratio']:.3f}× {'met' if ok else 'MISSED'}"
+            )
+    for vocab in sorted({r["vocab"] for r in measured}):
+        by = {r["variant"]: r for r in measured if r["vocab"] == vocab}
+        if "dskd" in by and "dense_dskd" in by:
+            print(
+                f"V={vocab}: dskd / dense_dskd peak {by['dskd']['peak_bytes'] / by['dense_dskd']['peak_bytes']:.3f}×, "
+                f"time {by['dskd']['seconds'] / by['dense_dskd']['seconds']:.3f}×"
+            )
 
 
 if __name__ == "__main__":
