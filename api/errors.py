@@ -7,12 +7,23 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Connection failures (OperationalError, InterfaceError), a dropped connection (DisconnectionError) and a pool
+# that stayed empty for db_pool_timeout_seconds (TimeoutError).
+DATABASE_UNAVAILABLE = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.TimeoutError,
+)
+DATABASE_RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 
@@ -96,10 +107,40 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, validation_problem(f"invalid request: {fields}", errors))
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (the router's own 405 names only the first route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem_response(request, ProblemError(exc.status_code, detail, headers=exc.headers))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(request, ProblemError(exc.status_code, detail, headers=headers))
+
+
+async def _on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # An outage, a restart or an exhausted pool: temporary, so 503 with a hint when to retry (never a 500).
+    log.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+    return problem_response(
+        request,
+        ProblemError(
+            503,
+            "the database is unavailable or busy; retry shortly",
+            slug="database-unavailable",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        ),
+    )
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -111,6 +152,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    for exc_class in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(exc_class, _on_database_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -8,14 +8,15 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from api import runtime
+from api.admission import AdmissionMiddleware
 from api.auth import require_principal
-from api.db.session import session_factory
 from api.errors import install_error_handlers
-from api.limits import UploadLimitMiddleware
+from api.headers import SecurityHeadersMiddleware
+from api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from api.queue import JobQueue, queue_from_settings
 from api.routes import artifacts, datasets, events, health, jobs
 from api.settings import Settings, get_settings
-from api.streaming import EventHubs
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -39,11 +40,12 @@ Errors are `application/problem+json` (RFC 9457); validation errors list the off
 def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
-    app = FastAPI(title="dskd", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS)
+    app = FastAPI(
+        title="dskd", version="0.1.0", description=DESCRIPTION, openapi_tags=TAGS, lifespan=runtime.lifespan
+    )
     app.state.settings = settings
-    app.state.session_factory = session_factory(settings.database_url)
     app.state.queue = queue or queue_from_settings(settings)
-    app.state.event_hubs = EventHubs(app.state.session_factory, settings.sse_poll_interval_seconds)
+    runtime.configure(app, settings)
     install_error_handlers(app)
 
     app.include_router(health.router)
@@ -51,8 +53,20 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     for module in (jobs, events, artifacts, datasets):
         app.include_router(module.router, dependencies=authenticated)
 
-    # Streams are cut at the limit (plus multipart framing); the handler enforces the exact file size.
-    app.add_middleware(UploadLimitMiddleware, path="/v1/datasets", limit=settings.max_upload_bytes)
+    # Outermost last: bodies are size-capped before anything reads them (the upload handler enforces the exact
+    # file size), then JSON bodies are checked for values no handler should see.
+    app.add_middleware(JsonGuardMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, json_limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes
+    )
+    # A bounded number of requests in progress; the rest wait their turn, then 503 with Retry-After.
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_active=settings.max_active_requests,
+        max_waiting=settings.max_waiting_requests,
+        wait_seconds=settings.request_wait_seconds,
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 
     @app.get("/", include_in_schema=False)

@@ -13,7 +13,7 @@ RUN_JOB_TASK = "dskd.run_job"
 
 
 class JobQueue(Protocol):
-    def enqueue_job(self, job_id: str) -> None: ...
+    def enqueue_job(self, job_id: str, countdown: float | None = None) -> None: ...
 
     def revoke(self, job_id: str) -> None: ...
 
@@ -36,9 +36,9 @@ class CeleryQueue:
     def app(self) -> Celery:
         return celery_client(self.broker_url)
 
-    def enqueue_job(self, job_id: str) -> None:
+    def enqueue_job(self, job_id: str, countdown: float | None = None) -> None:
         # task_id = job id, so revoke() can address the message by job id alone.
-        self.app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id)
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, countdown=countdown)
 
     def revoke(self, job_id: str) -> None:
         # Cooperative: a revoked message is skipped when delivered; never terminate a running task from code.

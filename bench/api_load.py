@@ -38,7 +38,7 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeo
 class DropQueue:
     """The API's queue with no broker behind it: the bench measures the API and the database only."""
 
-    def enqueue_job(self, job_id: str) -> None:
+    def enqueue_job(self, job_id: str, countdown: float | None = None) -> None:
         return None
 
     def revoke(self, job_id: str) -> None:

@@ -100,18 +100,34 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override a setting, e.g. --set training.max_steps=200 (repeatable)."),
     ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Teacher cache of KD methods (default: $DSKD_CACHE_DIR or ~/.cache/dskd/teacher-cache); "
+            "--set training.teacher_cache=off turns it off."
+        ),
+    ] = None,
+    cache_max_gb: Annotated[
+        float | None,
+        typer.Option(help="Size cap of the teacher cache; least recently used shards go first (default 50)."),
+    ] = None,
 ) -> None:
     """Run a distillation job locally: pre-flight checks, training, export. Resumes if RUN_DIR has checkpoints."""
     spec = load_spec(spec_file, [*([f"distill.method={method}"] if method else []), *(overrides or [])])
+    from dskd_core.cache import open_cache_dir
     from dskd_core.data.records import DataError
     from dskd_core.errors import NonFiniteLossError
     from dskd_core.models import ModelLoadError
     from dskd_core.train import PreflightError, run_job
 
     run_dir = run_dir or Path("runs") / (spec.name or spec_file.stem) / spec.distill.method.value
+    try:
+        cache = open_cache_dir(cache_dir, cache_max_gb)
+    except ValueError as e:
+        raise fail(f"--cache-max-gb: {e}") from None
     sink = BarSink()
     try:
-        result = run_job(spec, run_dir, sink=sink, device=device)
+        result = run_job(spec, run_dir, sink=sink, device=device, teacher_cache=cache)
     except (PreflightError, ModelLoadError, DataError) as e:
         raise fail(str(e)) from None
     except NonFiniteLossError as e:

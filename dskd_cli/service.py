@@ -27,22 +27,73 @@ keys_app = typer.Typer(help="API keys of the service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Argument(help="A label for the key, e.g. 'laptop'.")],
-    owner: Annotated[
-        str | None, typer.Option(help="Whose jobs the key sees (default: the key's name).")
-    ] = None,
-) -> None:
-    """Create an API key and print its secret (shown only this once)."""
+def _service_session():
     from api.cli_support import init_db
     from api.db.session import session_scope
-    from api.services.keys import create_api_key
     from api.settings import get_settings
 
     settings = get_settings()
     init_db(settings)
-    with session_scope(settings.database_url) as session:
-        key, secret = create_api_key(session, name, owner or name)
-    typer.echo(f"created key {key.prefix}… for owner '{key.owner}'; keep the secret, it is not shown again:")
+    return session_scope(settings.database_url)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A unique label for the key, e.g. 'alice-laptop'.")],
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="The tenant whose jobs and datasets the key shares. Default: a new tenant named like the key "
+            "(refused if that tenant exists: name it here to join it)."
+        ),
+    ] = None,
+) -> None:
+    """Create an API key and print its secret (shown only this once)."""
+    from api.services.keys import KeyRefused, create_api_key, list_api_keys
+
+    with _service_session() as session:
+        joins = owner is not None and bool(list_api_keys(session, owner))
+        try:
+            key, secret = create_api_key(session, name, owner)
+        except KeyRefused as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+    tenant = f"joins tenant '{key.owner}'" if joins else f"new tenant '{key.owner}'"
+    typer.echo(f"created key '{key.name}' ({key.prefix}…), {tenant}; keep the secret, it is not shown again:")
     typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    owner: Annotated[str | None, typer.Option(help="Only the keys of this tenant.")] = None,
+) -> None:
+    """List the keys (name, prefix, tenant, created, revoked); secrets are never stored."""
+    from api.services.keys import list_api_keys
+
+    with _service_session() as session:
+        keys = list_api_keys(session, owner)
+    rows = [("NAME", "PREFIX", "TENANT", "CREATED", "STATUS")]
+    for key in keys:
+        status = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        rows.append((key.name, key.prefix, key.owner, f"{key.created_at:%Y-%m-%d %H:%M}", status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's name, display prefix or id.")],
+) -> None:
+    """Revoke a key: its requests fail from now on and its open event streams close within seconds."""
+    from api.services.keys import find_key, revoke_api_key
+
+    with _service_session() as session:
+        found = find_key(session, key)
+        if found is None:
+            typer.echo(f"error: no key '{key}'", err=True)
+            raise typer.Exit(1)
+        if not revoke_api_key(session, found.id):
+            typer.echo(f"key '{found.name}' was already revoked")
+            return
+    typer.echo(f"revoked key '{found.name}' ({found.prefix}…) of tenant '{found.owner}'")

@@ -120,7 +120,12 @@ ON_POLICY_METHODS: tuple[str, ...] = ("vanilla_kd", "dskd", "dskd_eta", "dskd_cm
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity anywhere in a spec (`epochs: Infinity` would never end).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# numpy seeds its generator from 32 bits; larger seeds fail only once training starts.
+MAX_SEED = 2**32 - 1
 
 
 class LoraSpec(_Strict):
@@ -209,9 +214,18 @@ class DataSpec(_Strict):
         if v in {"none", "chat"}:
             return v
         try:
-            names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
         except ValueError as e:
             raise ValueError(f"not a valid format string: {e}") from e
+        for name, format_spec, conversion in fields:
+            # Plain named fields only: a format spec such as {prompt:>20000000} pads to any size.
+            if format_spec or conversion:
+                suffix = (f"!{conversion}" if conversion else "") + (f":{format_spec}" if format_spec else "")
+                raise ValueError(
+                    f"placeholder {{{name}{suffix}}}: only plain {{prompt}} and {{context}} are allowed "
+                    "(no format specs or conversions)"
+                )
+        names = {name for name, _, _ in fields}
         if "prompt" not in names:
             raise ValueError("a format-string template must contain the {prompt} placeholder")
         unknown = names - {"prompt", "context"}
@@ -326,7 +340,14 @@ class TrainingSpec(_Strict):
     max_prompt_length: int = Field(256, ge=1, description="Prompt tokens kept (the prompt's end is kept).")
     max_length: int = Field(512, ge=2, description="Prompt + response tokens kept.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Autocast precision. fp16 is refused.")
-    seed: int = Field(0, ge=0)
+    teacher_cache: Literal["fp32", "bf16", "off"] = Field(
+        "fp32",
+        description="KD methods: store the teacher's hidden states on the training and dev data once and reuse "
+        "them (later epochs, resumed runs, other jobs on the same teacher and data), in fp32 (exact) or bf16 "
+        "(half the disk; teacher logits within 2^-8·Σ|h·w| of exact). Used when the caller gives a cache "
+        "directory (the dskd command and the service do).",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random generator (32 bits).")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
@@ -363,9 +384,10 @@ class TrainingSpec(_Strict):
 class EvalSpec(_Strict):
     """Generation-based evaluation (Rouge-L, exact match). Defaults follow the reference recipe (methods.md §5)."""
 
-    seeds: list[int] = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=lambda: [10, 20, 30, 40, 50],
         min_length=1,
+        max_length=100,
         description="One sampling pass per seed; scores are reported as mean ± std over seeds. Greedy uses one pass.",
     )
     do_sample: bool = Field(True, description="Sample (the reference protocol) or decode greedily.")

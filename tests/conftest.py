@@ -21,6 +21,18 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _teacher_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory):
+    """`dskd train` caches teacher outputs under $DSKD_CACHE_DIR: never the developer's own cache in tests."""
+    previous = os.environ.get("DSKD_CACHE_DIR")
+    os.environ["DSKD_CACHE_DIR"] = str(tmp_path_factory.mktemp("teacher_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DSKD_CACHE_DIR", None)
+    else:
+        os.environ["DSKD_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def toy_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """The "fast" toy world (trained teacher, untrained students, splits), built once and cached across runs.

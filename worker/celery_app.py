@@ -26,7 +26,9 @@ def transport_options(broker_url: str) -> dict[str, object]:
 
 def make_celery() -> Celery:
     settings = get_settings()
-    app = Celery("dskd", broker=settings.broker_url, include=["worker.tasks", "worker.reaper"])
+    app = Celery(
+        "dskd", broker=settings.broker_url, include=["worker.tasks", "worker.reaper", "worker.parent_watch"]
+    )
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -8,6 +8,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -18,6 +19,7 @@ from api.services import events as event_service
 from api.services import jobs as job_service
 from dskd_core.errors import NonFiniteLossError
 from dskd_core.progress import ProgressEvent
+from worker.faults import database_down
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,13 @@ SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 class DbProgressSink:
     """Writes engine progress as job events (at most one `progress` event per `min_interval` seconds, plus the
-    last step, evaluations and checkpoints) and keeps the job row's progress snapshot current."""
+    last step, evaluations and checkpoints) and keeps the job row's progress snapshot current.
+
+    A database outage never stops training: what cannot be written is kept in order (the oldest progress
+    events give way first if an outage is very long) and written as soon as the database answers again.
+    """
+
+    MAX_PENDING = 10_000
 
     def __init__(
         self,
@@ -35,16 +43,27 @@ class DbProgressSink:
         *,
         min_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        hide: Callable[[str], str] = lambda text: text,
     ) -> None:
         self.job_id = job_id
         self._sessions = session_factory
         self._min_interval = min_interval
         self._clock = clock
+        self._hide = hide
         self._started = clock()
         self._last_written = -float("inf")
         # (step, time) of the first step event of this run: a resumed run's rate counts only its own steps.
         self._rate_origin: tuple[int, float] | None = None
         self.last_metrics: dict[str, float] = {}
+        self._pending: deque[tuple[str, dict[str, Any], dict[str, Any] | None]] = deque()
+        self._retry_at = -float("inf")
+        self._backoff = 0.5
+        self._healthy = True
+        self.outages = 0  # how many times writes had to wait for the database (observability, tests)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def emit(self, event: ProgressEvent) -> None:
         now = self._clock()
@@ -76,15 +95,51 @@ class DbProgressSink:
                 f"{'checkpoint saved' if event.type == 'checkpoint' else 'student exported'} at step {event.step}"
             )
         elif event.message:
-            payload["message"] = event.message
+            payload["message"] = self._hide(event.message)
         event_type = {"step": "progress", "started": "log", "exported": "log"}.get(event.type, event.type)
         if event.type == "started":
-            payload["message"] = event.message or "training started"
-        with self._sessions() as session:
-            event_service.append_event(session, self.job_id, event_type, payload)
-            if event.type in ("step", "eval", "started"):
-                snapshot = dict(payload, metrics=self.last_metrics)
-                job_service.update_progress(session, self.job_id, snapshot)
+            payload["message"] = self._hide(event.message) if event.message else "training started"
+        snapshot = (
+            dict(payload, metrics=self.last_metrics) if event.type in ("step", "eval", "started") else None
+        )
+        self._pending.append((event_type, payload, snapshot))
+        self._drop_oldest_progress()
+        if now >= self._retry_at:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write the pending events in order; False (and they stay pending) while the database is away."""
+        while self._pending:
+            event_type, payload, snapshot = self._pending[0]
+            try:
+                with self._sessions() as session:
+                    # One transaction per event: the event and the snapshot land together or not at all.
+                    event_service.add_event(session, self.job_id, event_type, payload)
+                    if snapshot is not None:
+                        job_service.update_progress(session, self.job_id, snapshot, commit=False)
+                    session.commit()
+            except Exception as exc:
+                if not database_down(exc):
+                    raise
+                if self._healthy:
+                    self._healthy = False
+                    self.outages += 1
+                    log.warning("job %s: database unavailable; keeping progress to write later", self.job_id)
+                self._retry_at = self._clock() + self._backoff
+                self._backoff = min(self._backoff * 2, 5.0)
+                return False
+            self._pending.popleft()
+            self._backoff, self._healthy, self._retry_at = 0.5, True, -float("inf")
+        return True
+
+    def _drop_oldest_progress(self) -> None:
+        if len(self._pending) <= self.MAX_PENDING:
+            return
+        for i, (event_type, _, _) in enumerate(self._pending):
+            if event_type == "progress":
+                del self._pending[i]
+                return
+        self._pending.popleft()
 
     def emit_log(self, message: str) -> None:
         self.emit(ProgressEvent(type="log", message=message))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from api.settings import get_settings
+from worker.parent_watch import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,10 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker: subprocess.Popen[bytes] | None = None
     if with_worker:
-        worker = subprocess.Popen(worker_command(loglevel=loglevel), env=os.environ.copy())
+        # Its own process group, and told to watch us: if this process is killed outright, the worker and its
+        # pool children exit too instead of running on as orphans (worker/parent_watch.py).
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        worker = subprocess.Popen(worker_command(loglevel=loglevel), env=env, start_new_session=True)
         log.info("worker started (pid %s)", worker.pid)
     try:
         uvicorn.run(create_app(), host=host, port=port, log_level=loglevel.lower())

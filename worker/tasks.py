@@ -8,31 +8,37 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import socket
+import time
 import traceback
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_process_init
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db.models import TERMINAL_STATUSES, Dataset, Job
+from api.queue import JobQueue, queue_from_settings
 from api.services import artifacts as artifact_service
 from api.services import events as event_service
 from api.services import jobs as job_service
+from api.services.liveness import holder_id
+from api.services.submissions import resolve_model
 from api.settings import Settings, get_settings
 from dskd_core.errors import PreflightError
 from worker.celery_app import app
+from worker.faults import hide_paths, remove_partial_writes, retry_database, storage_fault, storage_message
+from worker.manifest import publish_manifest
 from worker.progress import DbProgressSink, LeaseKeeper, SessionFactory
 
 log = logging.getLogger(__name__)
 
 
 def new_worker_id() -> str:
-    """A lease identity per execution: a pid alone repeats across Celery's recycled child processes."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A lease identity per execution that names this process, so a holder that died on this machine can be
+    recognised at once (api.services.liveness)."""
+    return holder_id()
 
 
 def session_factory_for(settings: Settings) -> SessionFactory:
@@ -45,18 +51,9 @@ def _get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def _dataset_path(session: Session, dataset_id: str, settings: Settings) -> Path:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise FileNotFoundError(
-            f"dataset {dataset_id} no longer exists; upload it again and resubmit the job"
-        )
-    return settings.datasets_dir / dataset.stored_path
-
-
 def resolve_paths(spec_dict: dict[str, Any], settings: Settings, dataset_path: Path | None) -> dict[str, Any]:
-    """Turns the service's references into local paths: the dataset id becomes its stored file, and model
-    paths that are not hub ids are taken under the models root (the API already checked they stay inside)."""
+    """Turns the service's references into local paths: the dataset id becomes its stored file, and model names
+    are looked up under the models root the same way the API checked them (a directory there, else a hub id)."""
     spec = dict(spec_dict)
     data = dict(spec["data"])
     if dataset_path is not None:
@@ -67,10 +64,14 @@ def resolve_paths(spec_dict: dict[str, Any], settings: Settings, dataset_path: P
         if not model:
             continue
         name = model["name_or_path"]
-        candidate = (settings.models_root / name).resolve()
-        if candidate.is_relative_to(settings.models_root) and candidate.exists():
-            spec[role] = dict(model, name_or_path=str(candidate))
-        elif not Path(name).is_absolute() and Path(name).exists():
+        ref, reason = resolve_model(name, settings.models_root, allow_hub=settings.allow_hub_models)
+        if ref is None:
+            raise ModelUnavailable(
+                f"{role}.name_or_path: {reason} (was it moved or deleted since submission?)"
+            )
+        if ref.local_dir is not None:
+            spec[role] = dict(model, name_or_path=str(ref.local_dir))
+        elif Path(name).exists():
             # transformers would load a hub id from a same-named folder in the worker's working directory:
             # a path the user never had the right to name.
             raise PreflightError(
@@ -80,12 +81,25 @@ def resolve_paths(spec_dict: dict[str, Any], settings: Settings, dataset_path: P
     return spec
 
 
-def classify_error(exc: BaseException) -> dict[str, str]:
-    """A stable error code and a message for the user; the traceback stays in the worker's log."""
+class ModelUnavailable(FileNotFoundError):
+    """A job's model is no longer where the API found it."""
+
+
+def classify_error(
+    exc: BaseException, settings: Settings | None = None, run_dir: Path | None = None
+) -> dict[str, str]:
+    """A stable error code and a message for the user (no server paths); the traceback stays in the worker's
+    log."""
     from dskd_core.errors import error_code
 
-    code = error_code(exc)
-    if code == "out_of_memory":
+    storage = storage_fault(run_dir, exc) if run_dir is not None else None
+    code = storage or error_code(exc)
+    if isinstance(exc, ModelUnavailable):
+        code = "model_unavailable"
+    if storage is not None:
+        assert run_dir is not None
+        message = storage_message(storage, run_dir)
+    elif code == "out_of_memory":
         message = (
             "the job ran out of memory: lower training.batch_size (raise grad_accum to keep the effective "
             "batch), lower training.max_length, or use precision bf16"
@@ -95,6 +109,8 @@ def classify_error(exc: BaseException) -> dict[str, str]:
         message = f"internal error ({type(exc).__name__}: {exc}); see the worker log"
     else:
         message = str(exc) or type(exc).__name__
+    if settings is not None:
+        message = hide_paths(message, settings, run_dir)
     return {"code": code, "message": message}
 
 
@@ -105,37 +121,58 @@ def execute_job(
     session_factory: SessionFactory | None = None,
     worker_id: str | None = None,
     device: str | None = None,
+    queue: JobQueue | None = None,
 ) -> str:
     """Runs one job to a terminal state (or leaves it for a re-run if this process dies).
 
     Returns the outcome: succeeded, failed, cancelled, skipped (not claimable: a duplicate delivery, a
-    finished or unknown job) or lease_lost (another worker took the job over; nothing was written).
+    finished or unknown job), deferred (its tenant already runs max_running_jobs_per_key jobs: re-sent for
+    later) or lease_lost (another worker took the job over; nothing was written).
     """
     settings = settings or get_settings()
     sessions = session_factory or session_factory_for(settings)
     worker_id = worker_id or new_worker_id()
+    # A database outage at any point here is waited out for as long as a lease lasts.
+    patience = float(settings.lease_seconds)
 
-    with sessions() as session:
-        job = job_service.claim_job(session, job_id, worker_id, settings.lease_seconds)
-        if job is None:
-            session.commit()
-            log.info(
-                "job %s: not claimable (running under a live lease, finished, or unknown); skipping", job_id
-            )
-            return "skipped"
-        if job.status == "cancel_requested":
-            job_service.transition(session, job, "cancelled")
-            return "cancelled"
-        spec_dict = dict(job.spec)
-        dataset_id = job.dataset_id
+    claimed = retry_database(
+        lambda: _claim(sessions, job_id, worker_id, settings), deadline_seconds=patience, what=f"job {job_id}"
+    )
+    if claimed == "deferred":
+        (queue or queue_from_settings(settings)).enqueue_job(job_id, countdown=RUNNING_QUOTA_RETRY_SECONDS)
+        log.info("job %s: its tenant runs its limit of jobs already; re-sent for later", job_id)
+        return "deferred"
+    if claimed is None:
+        log.info("job %s: not claimable (running under a live lease, finished, or unknown); skipping", job_id)
+        return "skipped"
+    if claimed.status == "cancel_requested":
+        retry_database(
+            lambda: _finish(sessions, job_id, "cancelled"), deadline_seconds=patience, what=f"job {job_id}"
+        )
+        return "cancelled"
+    spec_dict, dataset_id = dict(claimed.spec), claimed.dataset_id
 
     run_dir = settings.runs_dir / job_id
-    sink = DbProgressSink(job_id, sessions, min_interval=settings.event_min_interval_seconds)
+    hide = functools.partial(hide_paths, settings=settings, run_dir=run_dir)
+    sink = DbProgressSink(job_id, sessions, min_interval=settings.event_min_interval_seconds, hide=hide)
     # The lease is renewed until the outcome is recorded: exporting a large student takes a while too.
-    with LeaseKeeper(job_id, worker_id, sessions, lease_seconds=settings.lease_seconds) as lease:
+    with LeaseKeeper(
+        job_id,
+        worker_id,
+        sessions,
+        lease_seconds=settings.lease_seconds,
+        poll_seconds=settings.heartbeat_seconds,
+    ) as lease:
+
+        def record(fn: Callable[[], None]) -> None:
+            retry_database(
+                fn, deadline_seconds=patience, what=f"job {job_id}", keep_going=lambda: not lease.lease_lost
+            )
+
         try:
-            with sessions() as session:
-                dataset_path = _dataset_path(session, dataset_id, settings) if dataset_id else None
+            dataset_path = retry_database(
+                lambda: _dataset_path(sessions, dataset_id, settings), deadline_seconds=patience, what=job_id
+            )
             result = _run_engine(
                 resolve_paths(spec_dict, settings, dataset_path), run_dir, sink, lease, device
             )
@@ -145,21 +182,72 @@ def execute_job(
             if lease.lease_lost:
                 return "lease_lost"  # another worker owns the job now; touch nothing
             log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-            _finish(sessions, job_id, "failed", error=classify_error(exc))
+            error = classify_error(exc, settings, run_dir)
+            removed = remove_partial_writes(run_dir)
+            if removed:
+                log.info("job %s: removed partial writes %s", job_id, removed)
+            _flush(sink, patience)
+            record(lambda: _finish(sessions, job_id, "failed", error=error))
             return "failed"
+        _flush(sink, patience)
         if lease.lease_lost:
             return "lease_lost"
         if result.status == "cancelled":
-            _finish(sessions, job_id, "cancelled")
+            record(lambda: _finish(sessions, job_id, "cancelled"))
             return "cancelled"
         try:
-            _record_export(sessions, job_id, result, settings)
+            publish_manifest(Path(result.export_dir), spec_dict, hide) if result.export_dir else None
+            record(lambda: _record_export(sessions, job_id, result, settings))
         except Exception as exc:
             log.error("job %s: export registration failed:\n%s", job_id, traceback.format_exc())
-            _finish(sessions, job_id, "failed", error=classify_error(exc))
+            error = classify_error(exc, settings, run_dir)
+            record(lambda: _finish(sessions, job_id, "failed", error=error))
             return "failed"
-        _finish(sessions, job_id, "succeeded")
+        record(lambda: _finish(sessions, job_id, "succeeded"))
     return "succeeded"
+
+
+# A job whose tenant is at its running limit is offered again after this long.
+RUNNING_QUOTA_RETRY_SECONDS = 30.0
+
+
+def _claim(sessions: SessionFactory, job_id: str, worker_id: str, settings: Settings) -> Job | str | None:
+    """Claim the job: take over from a holder that is provably dead, respect the tenant's running limit."""
+    with sessions() as session:
+        job_service.release_dead_lease(session, job_id)
+        owner = session.scalar(select(Job.owner).where(Job.id == job_id))
+        if owner is None:
+            return None
+        # Serialise this tenant's claims, so two workers cannot both take the last running place.
+        job_service.lock_owner(session, owner)
+        running = job_service.count_jobs(session, owner, job_service.LEASED_STATUSES)
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is not None and job.status == "queued" and running >= settings.max_running_jobs_per_key:
+            session.rollback()
+            return "deferred"
+        claimed = job_service.claim_job(session, job_id, worker_id, settings.lease_seconds)
+        if claimed is not None:
+            session.expunge(claimed)
+        return claimed
+
+
+def _flush(sink: DbProgressSink, patience: float) -> None:
+    """Write what the sink kept during a database outage before the outcome (events stay in order)."""
+    deadline = time.monotonic() + patience
+    while not sink.flush() and time.monotonic() < deadline:
+        time.sleep(1.0)
+
+
+def _dataset_path(sessions: SessionFactory, dataset_id: str | None, settings: Settings) -> Path | None:
+    if not dataset_id:
+        return None
+    with sessions() as session:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is None:
+            raise FileNotFoundError(
+                "the job's dataset no longer exists; upload it again and resubmit the job"
+            )
+        return settings.datasets_dir / dataset.stored_path
 
 
 def _record_export(sessions: SessionFactory, job_id: str, result: Any, settings: Settings) -> None:
@@ -187,13 +275,13 @@ def _run_engine(
 ):
     from dskd_core.preflight import preflight
     from dskd_core.spec import JobSpec
-    from dskd_core.train import run_job as engine_run
+    from worker.engine_launch import run_engine
 
     spec = JobSpec.model_validate(spec_dict)
     report = preflight(spec)  # tokenizers only: fails a hopeless job in seconds, before any model loads
     for line in report.notes:
         sink.emit_log(line)
-    return engine_run(spec, run_dir, sink=sink, cancel=lease, device=device)
+    return run_engine(spec, run_dir, sink=sink, cancel=lease, device=device)
 
 
 def _finish(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from api.auth import CurrentPrincipal
 from api.db.models import Dataset
 from api.deps import SessionDep, SettingsDep
 from api.errors import ProblemError, field_error, problem_responses, validation_problem
+from api.pagination import after_cursor, encode_cursor, is_id
 from api.schemas.datasets import DatasetList, DatasetOut
 from api.services import datasets as svc
 
@@ -43,7 +44,7 @@ def upload_dataset(
     prompt/response, prompt/output, prompt/completion, instruction(+context or input)/response or output,
     question/answer, or a chat `messages` list ending with an assistant turn."""
     assert settings.datasets_dir is not None
-    label = name or (file.filename or "dataset.jsonl").rsplit("/", 1)[-1][:200]
+    label = _label(name or (file.filename or "").replace("\\", "/").rsplit("/", 1)[-1]) or "dataset.jsonl"
     try:
         dataset = svc.store_upload(
             session,
@@ -62,15 +63,39 @@ def upload_dataset(
     return DatasetOut.model_validate(dataset)
 
 
-@router.get("", response_model=DatasetList, summary="List your datasets", responses=problem_responses(401))
-def list_datasets(principal: CurrentPrincipal, session: SessionDep) -> DatasetList:
-    return DatasetList(items=[DatasetOut.model_validate(d) for d in svc.list_owned(session, principal.owner)])
+def _label(name: str) -> str:
+    # A label is shown, never used as a path; control characters (NUL among them) are dropped.
+    return "".join(c for c in name if c.isprintable())[:200].strip()
+
+
+@router.get(
+    "",
+    response_model=DatasetList,
+    summary="List your datasets, newest first",
+    responses=problem_responses(401, 422),
+)
+def list_datasets(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page.")
+    ] = None,
+) -> DatasetList:
+    after = after_cursor(Dataset, cursor) if cursor else None
+    rows = svc.list_owned(session, principal.owner, limit=limit + 1, after=after)
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
+    return DatasetList(
+        items=[DatasetOut.model_validate(d) for d in page],
+        next_cursor=encode_cursor(last.created_at, last.id) if last is not None else None,
+    )
 
 
 def _owned(session: SessionDep, owner: str, dataset_id: str) -> Dataset:
-    dataset = svc.get_owned(session, owner, dataset_id)
+    dataset = svc.get_owned(session, owner, dataset_id) if is_id(dataset_id) else None
     if dataset is None:
-        raise ProblemError(404, f"no dataset '{dataset_id}'", slug="not-found")
+        raise ProblemError(404, f"no dataset '{dataset_id[:64]}'", slug="not-found")
     return dataset
 
 

@@ -13,12 +13,15 @@ from starlette.responses import Response
 
 from api.auth import CurrentPrincipal
 from api.deps import SessionDep, SettingsDep
-from api.errors import field_error, problem_responses, validation_problem
+from api.errors import ProblemError, field_error, problem_responses, validation_problem
 from api.routes.jobs import get_owned_job
 from api.schemas.events import EventOut, EventPage
 from api.services.events import list_events
+from api.streaming import EventHubs, StreamLimitReached
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
+# seq is a 32-bit column: a larger number cannot name an event (and PostgreSQL would refuse to compare it).
+MAX_SEQ = 2**31 - 1
 
 
 def _start_seq(after_seq: int, last_event_id: str | None) -> int:
@@ -31,10 +34,10 @@ def _start_seq(after_seq: int, last_event_id: str | None) -> int:
             "Last-Event-ID must be an event seq",
             [field_error("Last-Event-ID", "not an integer", ["header", "Last-Event-ID"])],
         ) from None
-    if value < 0:
+    if not 0 <= value <= MAX_SEQ:
         raise validation_problem(
-            "Last-Event-ID must be ≥ 0",
-            [field_error("Last-Event-ID", "negative", ["header", "Last-Event-ID"])],
+            f"Last-Event-ID must be an event seq between 0 and {MAX_SEQ}",
+            [field_error("Last-Event-ID", "out of range", ["header", "Last-Event-ID"])],
         )
     return value
 
@@ -57,7 +60,7 @@ async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str,
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
             "description": "JSON page or SSE stream",
         },
-        **problem_responses(401, 404, 422),
+        **problem_responses(401, 404, 422, 429, 503),
     },
 )
 async def job_events(
@@ -66,7 +69,7 @@ async def job_events(
     principal: CurrentPrincipal,
     session: SessionDep,
     settings: SettingsDep,
-    after_seq: Annotated[int, Query(ge=0, description="Only events with a larger seq.")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="JSON page size.")] = 100,
     last_event_id: Annotated[
         str | None, Header(description="SSE resume point (overrides after_seq).")
@@ -77,15 +80,51 @@ async def job_events(
     job = await run_in_threadpool(get_owned_job, session, principal.owner, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         start = _start_seq(after_seq, last_event_id)
+        hubs: EventHubs = request.app.state.event_hubs
+        _check_stream_room(hubs, principal.key_id)
         # Give the connection back now: the request's session would otherwise stay checked out for the
-        # stream's whole life, and 100 subscribers would exhaust the pool (the hub polls with its own).
+        # stream's whole life (the hub reads with short-lived sessions of its own).
         await run_in_threadpool(session.close)
-        hub = request.app.state.event_hubs.current()
         return EventSourceResponse(
-            _sse(hub.stream(job.id, start)),
+            _sse(_limited(hubs, job.id, start, principal.key_id)),
             ping=settings.sse_keepalive_seconds,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     rows = await run_in_threadpool(list_events, session, job.id, after_seq, limit)
     items = [EventOut.model_validate(r) for r in rows]
     return EventPage(items=items, next_after_seq=items[-1].seq if items else after_seq, job_status=job.status)
+
+
+def _stream_refused(e: StreamLimitReached) -> ProblemError:
+    if e.per_key:
+        return ProblemError(
+            429,
+            f"this key already has {e.limit} open event streams; close one first",
+            slug="too-many-streams",
+            title="Too many streams",
+            headers={"Retry-After": "5"},
+        )
+    return ProblemError(
+        503,
+        f"the server holds its limit of {e.limit} open event streams; retry shortly",
+        slug="overloaded",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _check_stream_room(hubs: EventHubs, key_id: str) -> None:
+    try:
+        hubs.check_room(key_id)
+    except StreamLimitReached as e:
+        raise _stream_refused(e) from None
+
+
+async def _limited(hubs: EventHubs, job_id: str, start: int, key_id: str) -> AsyncIterator[dict[str, Any]]:
+    """The stream, counted against the limits while it is open (checked again here: the room checked before
+    the response may have been taken by a concurrent request)."""
+    try:
+        with hubs.reserve(key_id):
+            async for event in hubs.current().stream(job_id, start, key_id):
+                yield event
+    except StreamLimitReached:
+        return

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,8 +14,10 @@ from api.auth import CurrentPrincipal
 from api.db.models import Job, JobStatus
 from api.deps import QueueDep, SessionDep, SettingsDep
 from api.errors import ProblemError, field_error, problem_responses, validation_problem
+from api.pagination import after_cursor, encode_cursor, is_id
 from api.schemas.jobs import JOB_SPEC_EXAMPLE, JobOut, JobPage
 from api.services import jobs as job_service
+from api.services.datasets import get_owned
 from api.services.submissions import check_submission
 from dskd_core.spec import JobSpec
 
@@ -29,25 +27,21 @@ log = logging.getLogger(__name__)
 
 def get_owned_job(session: Session, owner: str, job_id: str) -> Job:
     """The caller's job or a 404 (another owner's job is indistinguishable from a missing one)."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.owner != owner:
-        raise ProblemError(404, f"no job '{job_id}'", slug="not-found")
+        raise ProblemError(404, f"no job '{job_id[:64]}'", slug="not-found")
     return job
 
 
-def _encode_cursor(job: Job) -> str:
-    raw = json.dumps({"t": job.created_at.isoformat(), "i": job.id}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(raw["t"]), str(raw["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise validation_problem(
-            "invalid cursor", [field_error("cursor", "not a cursor returned by this API")]
-        ) from None
+def _quota_exceeded(limit: int) -> ProblemError:
+    return ProblemError(
+        429,
+        f"this key's tenant already has {limit} queued jobs, the most it may have waiting; "
+        "wait for some to start or cancel some",
+        slug="quota-exceeded",
+        title="Too many queued jobs",
+        headers={"Retry-After": "30"},
+    )
 
 
 @router.post(
@@ -57,7 +51,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     summary="Submit a distillation job",
     responses={
         200: {"description": "Replay of an earlier request with the same Idempotency-Key"},
-        **problem_responses(401, 422),
+        **problem_responses(401, 413, 422, 429),
     },
 )
 def create_job(
@@ -71,48 +65,71 @@ def create_job(
     queue: QueueDep,
     response: Response,
     idempotency_key: Annotated[
-        str | None, Header(max_length=200, description="Retry-safe submission key.")
+        str | None,
+        Header(
+            min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$", description="Retry-safe submission key."
+        ),
     ] = None,
 ) -> JobOut:
-    """Validate the spec cheaply (schema, ranges, dataset ownership, model location), store it, queue it.
+    """Validate the spec cheaply (schema, ranges, the server's limits, dataset ownership, model location, the
+    tokenizer pair), store it, queue it.
 
-    Models are hub ids (`org/name`) or directories under the server's models_root; the data is an uploaded
-    dataset named by `data.dataset_id` (`data.path`, `data.dev_path` and `distill.seqkd_data_path` are refused).
+    Models are hub ids (`org/name`) or directories under the server's models_root (stored relative to it); the
+    data is an uploaded dataset named by `data.dataset_id` (`data.path`, `data.dev_path` and
+    `distill.seqkd_data_path` are refused).
     """
-    assert settings.models_root is not None
-    submission = check_submission(session, spec, owner=principal.owner, models_root=settings.models_root)
+    owner = principal.owner
+    submission = check_submission(session, spec, owner=owner, settings=settings)
     if idempotency_key is not None:
-        existing = session.scalar(
-            select(Job).where(Job.owner == principal.owner, Job.idempotency_key == idempotency_key)
-        )
+        existing = _by_idempotency_key(session, owner, idempotency_key)
         if existing is not None:
             return _replay(existing, submission.request_hash, idempotency_key, response)
     if submission.errors:
         raise validation_problem("the job spec was refused", submission.errors)
-    job = job_service.create_job(
-        session,
-        owner=principal.owner,
-        spec=submission.spec,
-        max_attempts=settings.max_attempts,
-        dataset_id=submission.dataset_id,
-        name=spec.name,
-        idempotency_key=idempotency_key,
-        request_hash=submission.request_hash,
-    )
+    job_service.lock_owner(session, owner)
+    if idempotency_key is not None and (existing := _by_idempotency_key(session, owner, idempotency_key)):
+        return _replay(existing, submission.request_hash, idempotency_key, response)
+    if job_service.count_jobs(session, owner, (JobStatus.queued,)) >= settings.max_queued_jobs_per_key:
+        session.rollback()
+        raise _quota_exceeded(settings.max_queued_jobs_per_key)
     try:
+        job = job_service.create_job(
+            session,
+            owner=owner,
+            spec=submission.spec,
+            max_attempts=settings.max_attempts,
+            dataset_id=submission.dataset_id,
+            name=spec.name,
+            idempotency_key=idempotency_key,
+            request_hash=submission.request_hash,
+        )
         session.commit()
     except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
+        # The database settled a race: a concurrent request with the same Idempotency-Key won the insert, or
+        # the dataset was deleted after it was checked (the foreign key refuses a job on a missing dataset).
         session.rollback()
-        existing = session.scalar(
-            select(Job).where(Job.owner == principal.owner, Job.idempotency_key == idempotency_key)
-        )
-        if existing is None:
-            raise
-        return _replay(existing, submission.request_hash, idempotency_key, response)
+        existing = _by_idempotency_key(session, owner, idempotency_key) if idempotency_key else None
+        if existing is not None:
+            return _replay(existing, submission.request_hash, idempotency_key or "", response)
+        if get_owned(session, owner, submission.dataset_id) is None:
+            raise validation_problem(
+                "the job spec was refused",
+                [
+                    field_error(
+                        "data.dataset_id",
+                        f"no dataset '{submission.dataset_id}'",
+                        ["body", "data", "dataset_id"],
+                    )
+                ],
+            ) from None
+        raise
     queue.enqueue_job(job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.from_job(job)
+
+
+def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
 
 
 def _replay(job: Job, request_hash: str, key: str, response: Response) -> JobOut:
@@ -134,21 +151,21 @@ def list_jobs(
     session: SessionDep,
     status: Annotated[list[JobStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page.")
+    ] = None,
 ) -> JobPage:
     query = select(Job).where(Job.owner == principal.owner)
     if status:
         query = query.where(Job.status.in_([s.value for s in status]))
     if cursor:
-        created_at, job_id = _decode_cursor(cursor)
-        # Keyset on (created_at, id) descending: stable under inserts, no OFFSET scans.
-        query = query.where(
-            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
-        )
+        query = query.where(after_cursor(Job, cursor))
     rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
     return JobPage(
-        items=[JobOut.from_job(j) for j in page], next_cursor=_encode_cursor(page[-1]) if more else None
+        items=[JobOut.from_job(j) for j in page],
+        next_cursor=encode_cursor(last.created_at, last.id) if last is not None else None,
     )
 
 

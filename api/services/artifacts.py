@@ -86,6 +86,8 @@ def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
 
 
 def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
+    if "\x00" in name or len(name) > 500:  # cannot be a stored name (and PostgreSQL refuses NUL in text)
+        return None
     return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
 
 

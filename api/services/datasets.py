@@ -5,18 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from api.db.base import utcnow
 from api.db.models import TERMINAL_STATUSES, Dataset, Job, new_id
+from api.pagination import is_id
 
 # The layouts the engine auto-detects (dskd_core/spec.py DataSpec): a prompt field and a response field, or chat.
 PROMPT_FIELDS = ("prompt", "instruction", "input", "question")
 RESPONSE_FIELDS = ("response", "output", "completion", "answer")
+BOM = b"\xef\xbb\xbf"
 
 
 class UploadTooLarge(Exception):
@@ -75,6 +79,8 @@ def validate_jsonl(path: Path) -> int:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
                 raise InvalidDataset(number, f"invalid JSON: {e.msg} at column {e.colno}") from None
+            except RecursionError:
+                raise InvalidDataset(number, "the JSON is nested too deeply") from None
             problem = record_problem(record)
             if problem:
                 raise InvalidDataset(number, problem)
@@ -82,6 +88,17 @@ def validate_jsonl(path: Path) -> int:
     if rows == 0:
         raise InvalidDataset(None, "the file holds no records")
     return rows
+
+
+def _blocks(source: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    """The upload in blocks, without a leading UTF-8 byte-order mark (editors on Windows add one; the engine
+    reads the stored file as plain UTF-8)."""
+    first = True
+    while block := source.read(size):
+        if first:
+            block = block.removeprefix(BOM)
+            first = False
+        yield block
 
 
 def store_upload(
@@ -96,7 +113,7 @@ def store_upload(
     size = 0
     try:
         with partial.open("wb") as out:
-            while block := source.read(1 << 20):
+            for block in _blocks(source):
                 size += len(block)
                 if size > max_bytes:
                     raise UploadTooLarge(max_bytes)
@@ -126,14 +143,19 @@ def store_upload(
 
 
 def get_owned(session: Session, owner: str, dataset_id: str) -> Dataset | None:
-    dataset = session.get(Dataset, dataset_id)
+    dataset = session.get(Dataset, dataset_id) if is_id(dataset_id) else None
     return dataset if dataset is not None and dataset.owner == owner else None
 
 
-def list_owned(session: Session, owner: str) -> list[Dataset]:
-    return list(
-        session.scalars(select(Dataset).where(Dataset.owner == owner).order_by(Dataset.created_at.desc()))
-    )
+def list_owned(
+    session: Session, owner: str, *, limit: int | None = None, after: ColumnElement[bool] | None = None
+) -> list[Dataset]:
+    """The owner's datasets, newest first (keyset-paginated by the caller's `after` clause)."""
+    query = select(Dataset).where(Dataset.owner == owner)
+    if after is not None:
+        query = query.where(after)
+    query = query.order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    return list(session.scalars(query.limit(limit) if limit is not None else query))
 
 
 def dataset_file(dataset: Dataset, datasets_dir: Path) -> Path:
@@ -142,13 +164,25 @@ def dataset_file(dataset: Dataset, datasets_dir: Path) -> Path:
 
 
 def delete_dataset(session: Session, dataset: Dataset, datasets_dir: Path) -> None:
-    """Delete the row and file; DatasetInUse while a non-terminal job uses it. Finished jobs keep their spec."""
+    """Delete the row and file; DatasetInUse while a non-terminal job uses it. Finished jobs keep their spec.
+
+    The dataset row is locked first (PostgreSQL), so a concurrent submission either commits its job before
+    (and this sees it: 409) or waits and then finds the dataset gone (its foreign key refuses the insert).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.refresh(dataset, with_for_update=True)
     active = session.scalar(
         select(Job.id).where(Job.dataset_id == dataset.id, Job.status.not_in(TERMINAL_STATUSES)).limit(1)
     )
     if active is not None:
+        session.rollback()
         raise DatasetInUse(active)
-    session.execute(update(Job).where(Job.dataset_id == dataset.id).values(dataset_id=None))
+    session.execute(
+        update(Job)
+        .where(Job.dataset_id == dataset.id, Job.status.in_(TERMINAL_STATUSES))
+        .values(dataset_id=None)
+        .execution_options(synchronize_session=False)
+    )
     path = dataset_file(dataset, datasets_dir)
     session.delete(dataset)
     session.commit()

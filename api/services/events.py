@@ -1,16 +1,60 @@
-"""Job events: per-job, gap-free sequence numbers assigned under the job row's lock."""
+"""Job events: per-job, gap-free sequence numbers assigned under the job row's lock.
+
+Every event also announces itself, so SSE streams never poll per subscriber (api/streaming.py): on PostgreSQL
+with `NOTIFY dskd_events '<job_id>'` in the same transaction (delivered on commit, to every API process), and to
+listeners in this process once the session commits.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event as sa_event
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from api.db.base import utcnow
 from api.db.models import TERMINAL_STATUSES, Job, JobEvent
 
 EVENT_TYPES: frozenset[str] = frozenset({"status", "progress", "eval", "checkpoint", "log", "artifact"})
+NOTIFY_CHANNEL = "dskd_events"
+_PENDING = "dskd_event_jobs"  # session.info key: jobs with events in the open transaction
+log = logging.getLogger(__name__)
+_listeners: list[Callable[[set[str]], bool]] = []
+_listeners_lock = threading.Lock()
+
+
+def add_local_listener(listener: Callable[[set[str]], bool]) -> None:
+    """Call `listener(job_ids)` after each commit that added events; it returns False to be removed."""
+    with _listeners_lock:
+        _listeners.append(listener)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _announce(session: Session) -> None:
+    job_ids = session.info.pop(_PENDING, None)
+    if not job_ids:
+        return
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            alive = listener(job_ids)
+        except Exception:  # a listener's failure must never fail the writer's commit path
+            log.exception("event listener failed")
+            continue
+        if not alive:
+            with _listeners_lock:
+                if listener in _listeners:
+                    _listeners.remove(listener)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 class UnknownJob(LookupError):
@@ -35,6 +79,10 @@ def add_event(session: Session, job_id: str, type: str, payload: dict[str, Any])
     event = JobEvent(job_id=job_id, seq=seq, type=type, payload=payload, created_at=utcnow())
     session.add(event)
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered when (and only if) this transaction commits; identical payloads in one transaction merge.
+        session.execute(text("SELECT pg_notify(:channel, :job)"), {"channel": NOTIFY_CHANNEL, "job": job_id})
+    session.info.setdefault(_PENDING, set()).add(job_id)
     return event
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from api.db.base import utcnow
 from api.db.models import TERMINAL_STATUSES, Job, JobStatus
 from api.services.events import add_event
+from api.services.liveness import holder_is_dead
 
 S = JobStatus
 # Allowed status changes; terminal states have no way out.
@@ -95,6 +96,22 @@ def create_job(
     return job
 
 
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialise one tenant's quota checks until the transaction ends (PostgreSQL advisory lock; SQLite
+    transactions already run one writer at a time)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"dskd-owner:{owner}"})
+
+
+def count_jobs(session: Session, owner: str, statuses: tuple[str, ...]) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(statuses))
+        )
+        or 0
+    )
+
+
 def request_cancel(session: Session, job: Job) -> Job:
     """queued → cancelled now; running → cancel_requested (the loop stops cooperatively); else unchanged."""
     if job.status == S.queued:
@@ -122,6 +139,7 @@ def claim_job(
             status=case((Job.status == S.cancel_requested, S.cancel_requested.value), else_=S.running.value),
             lease_owner=worker_id,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
             attempt=Job.attempt + 1,
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
@@ -141,12 +159,13 @@ def claim_job(
 def renew_lease(
     session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
 ) -> bool:
-    """Extend our lease; False when another worker has claimed the job or it has left the running states."""
+    """Extend our lease and beat our heart; False when another worker has claimed the job or it has left the
+    running states."""
     now = now or utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker_id, Job.status.in_(LEASED_STATUSES))
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -185,8 +204,57 @@ def mark_resent(session: Session, job_ids: list[str], now: datetime | None = Non
         session.commit()
 
 
-def fail_exhausted_jobs(session: Session, now: datetime | None = None) -> list[str]:
-    """Mark failed the jobs whose lease expired on their last allowed attempt; returns their ids."""
+def release_dead_lease(session: Session, job_id: str, now: datetime | None = None) -> bool:
+    """End the live lease of a job whose holder is provably dead (api.services.liveness), so it can be claimed
+    now rather than when the lease runs out. True if a lease was released."""
+    now = now or utcnow()
+    row = session.execute(
+        select(Job.lease_owner).where(
+            Job.id == job_id, Job.status.in_(LEASED_STATUSES), Job.lease_expires_at >= now
+        )
+    ).first()
+    if row is None or not holder_is_dead(row.lease_owner):
+        session.rollback()
+        return False
+    return _expire_lease(session, job_id, row.lease_owner, now)
+
+
+def _expire_lease(session: Session, job_id: str, holder: str | None, now: datetime) -> bool:
+    # Conditional on the same holder: a job that was meanwhile claimed again keeps its new lease.
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == holder, Job.status.in_(LEASED_STATUSES))
+        .values(lease_expires_at=now - timedelta(microseconds=1), updated_at=now - timedelta(seconds=1))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def release_dead_leases(
+    session: Session, now: datetime | None = None, *, stale_heartbeat_seconds: float | None = None
+) -> list[str]:
+    """End the live leases whose holder is gone: its process is dead on this machine, or (when the caller can
+    vouch that the database was reachable all along) its heartbeat is older than stale_heartbeat_seconds."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(Job.id, Job.lease_owner, Job.heartbeat_at).where(
+            Job.status.in_(LEASED_STATUSES), Job.lease_expires_at >= now
+        )
+    ).all()
+    session.rollback()
+    stale_before = now - timedelta(seconds=stale_heartbeat_seconds) if stale_heartbeat_seconds else None
+    released = []
+    for job_id, holder, heartbeat in rows:
+        stale = stale_before is not None and heartbeat is not None and heartbeat < stale_before
+        if (stale or holder_is_dead(holder)) and _expire_lease(session, job_id, holder, now):
+            released.append(job_id)
+    return released
+
+
+def end_exhausted_jobs(session: Session, now: datetime | None = None) -> dict[str, list[str]]:
+    """Jobs whose lease expired on their last allowed attempt: failed (attempts_exhausted), or cancelled when
+    the user had asked to cancel (a cancel wins over the lost attempt). Returns both lists of ids."""
     now = now or utcnow()
     ids = list(
         session.scalars(
@@ -195,28 +263,33 @@ def fail_exhausted_jobs(session: Session, now: datetime | None = None) -> list[s
             )
         )
     )
-    failed = []
+    ended: dict[str, list[str]] = {"failed": [], "cancelled": []}
     for job_id in ids:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id, populate_existing=True)
         if job is None:
             continue
-        error = {"code": "attempts_exhausted", "message": f"the worker was lost {job.attempt} times"}
         try:
-            transition(session, job, S.failed, error=error)
-            failed.append(job_id)
+            if job.status == S.cancel_requested:
+                transition(session, job, S.cancelled)
+                ended["cancelled"].append(job_id)
+            else:
+                error = {"code": "attempts_exhausted", "message": f"the worker was lost {job.attempt} times"}
+                transition(session, job, S.failed, error=error)
+                ended["failed"].append(job_id)
         except InvalidTransition:
             continue
-    return failed
+    return ended
 
 
-def update_progress(session: Session, job_id: str, progress: dict[str, Any]) -> None:
+def update_progress(session: Session, job_id: str, progress: dict[str, Any], *, commit: bool = True) -> None:
     """Merge a progress snapshot (step, total_steps, epoch, metrics, elapsed_seconds, eta_seconds) into the job row."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return
     job.progress = {**(job.progress or {}), **progress}
     job.updated_at = utcnow()
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def is_cancel_requested(session: Session, job_id: str) -> bool:

@@ -95,7 +95,11 @@ def student_positions(
 
 
 def teacher_positions(teacher: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The teacher's last hidden state at the (same-tokenizer) valid positions [N, d_t], without a graph."""
+    """The teacher's last hidden state at the (same-tokenizer) valid positions [N, d_t], without a graph.
+
+    Read from the batch when the teacher cache supplied it ("teacher_hidden", see `dskd_core.cache.fill`)."""
+    if "teacher_hidden" in batch:
+        return batch["teacher_hidden"][batch["labels"] != IGNORE_INDEX]
     if teacher.training:
         teacher.eval()
     with torch.no_grad():

@@ -101,8 +101,10 @@ def encode_sides(
     student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states of the student `[B, T_s, d_s]` (with a graph) and of the teacher `[B, T_t, d_t]`
-    (on the teacher's own tokenisation, without a graph)."""
+    (on the teacher's own tokenisation, without a graph; from the teacher cache when the batch carries it)."""
     h_s = models.last_hidden_state(student, batch["input_ids"], batch["attention_mask"])
+    if "teacher_hidden" in batch:
+        return h_s, batch["teacher_hidden"]
     if teacher.training:
         teacher.eval()
     with torch.no_grad():

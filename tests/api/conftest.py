@@ -82,7 +82,7 @@ class FakeQueue:
         self.enqueued: list[str] = []
         self.revoked: list[str] = []
 
-    def enqueue_job(self, job_id: str) -> None:
+    def enqueue_job(self, job_id: str, countdown: float | None = None) -> None:
         self.enqueued.append(job_id)
 
     def revoke(self, job_id: str) -> None:
@@ -101,6 +101,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
         max_upload_bytes=4096,
         sse_keepalive_seconds=0.2,
         sse_poll_interval_seconds=0.05,
+        api_reaper=False,  # tests that want the API's reaper turn it on
     )
 
 

@@ -25,7 +25,7 @@ def test_upload_stores_under_server_name(client: TestClient, alice, settings) ->
     stored = list(settings.datasets_dir.iterdir())
     assert [p.name for p in stored] == [f"{body['id']}.jsonl"] and stored[0].read_bytes() == content
     assert client.get(f"/v1/datasets/{body['id']}", headers=alice).json() == body
-    assert client.get("/v1/datasets", headers=alice).json() == {"items": [body]}
+    assert client.get("/v1/datasets", headers=alice).json() == {"items": [body], "next_cursor": None}
 
 
 @pytest.mark.parametrize(

@@ -57,29 +57,44 @@ def test_dataset_must_exist_and_be_yours(client: TestClient, alice, bob, dataset
 def test_model_location_rules(client: TestClient, alice, dataset_id: str, settings) -> None:
     models_root: Path = settings.models_root
     (models_root / "tiny").mkdir(parents=True)
+    (models_root / "org" / "local").mkdir(parents=True)
     outside = models_root.parent / "elsewhere"
     outside.mkdir()
-    refused = [
-        "../elsewhere",
-        str(outside),
-        "/etc",
-        "tiny/../../elsewhere",
-        "./missing",
-        "a/b/c",
-        "bad name!",
-    ]
-    for name in refused:
+    (models_root / "escape").symlink_to(outside)
+    refused = {
+        "../elsewhere": "under the server's models root",
+        str(outside): "under the server's models root",
+        "/etc": "under the server's models root",
+        "tiny/../../elsewhere": "under the server's models root",
+        "escape": "under the server's models root",
+        "./missing": "no model directory './missing'",
+        "a/b/c": "no model directory",
+        "bad name!": "no model directory",
+        "studnet": "no model directory 'studnet'",  # a typo of a local name is not a hub id
+        "gpt2": "hub id has the form 'org/name'",
+        "x" * 300: "longer than 255 bytes",
+        "org/" + "y" * 256: "longer than 255 bytes",
+        "tab\there": "control characters",
+        ".": "no model directory '.'",
+    }
+    for name, needle in refused.items():
         body = job_body(dataset_id, student={"name_or_path": name})
-        assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, "student.name_or_path")
+        problem = assert_problem(
+            client.post("/v1/jobs", headers=alice, json=body), 422, "student.name_or_path"
+        )
+        assert needle in problem["errors"][0]["msg"], (name, problem)
     for name, stored in (
-        ("tiny", str(models_root / "tiny")),
-        (str(models_root / "tiny"), str(models_root / "tiny")),
-        ("gpt2", "gpt2"),  # a legacy bare hub id; whether it exists is the worker's pre-flight to tell
+        ("tiny", "tiny"),
+        (str(models_root / "tiny"), "tiny"),  # stored relative: no server path in the spec
+        ("./tiny", "tiny"),
+        ("org/local", "org/local"),  # a local directory wins over the hub id of the same name
+        ("openai-community/gpt2", "openai-community/gpt2"),  # whether it exists is the worker's to tell
     ):
         body = job_body(dataset_id, student={"name_or_path": name})
         response = client.post("/v1/jobs", headers=alice, json=body)
         assert response.status_code == 201, response.text
         assert response.json()["spec"]["student"]["name_or_path"] == stored
+        assert str(models_root) not in response.text
     body = job_body(
         dataset_id, teacher={"name_or_path": "Qwen/Qwen2.5-0.5B"}, distill={"method": "vanilla_kd"}
     )
@@ -88,6 +103,16 @@ def test_model_location_rules(client: TestClient, alice, dataset_id: str, settin
         response.status_code == 201
         and response.json()["spec"]["teacher"]["name_or_path"] == "Qwen/Qwen2.5-0.5B"
     )
+
+
+def test_hub_ids_can_be_forbidden(client: TestClient, alice, dataset_id: str, settings) -> None:
+    settings.allow_hub_models = False
+    (settings.models_root / "tiny").mkdir(parents=True)
+    body = job_body(dataset_id, student={"name_or_path": "openai-community/gpt2"})
+    problem = assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, "student.name_or_path")
+    assert "allow_hub_models" in problem["errors"][0]["msg"]
+    body = job_body(dataset_id, student={"name_or_path": "tiny"})
+    assert client.post("/v1/jobs", headers=alice, json=body).status_code == 201
 
 
 def test_idempotent_create(client: TestClient, alice, dataset_id: str, queue: FakeQueue) -> None:

@@ -106,10 +106,24 @@ def test_expired_lease_is_reclaimed_and_attempts_are_capped(session: Session) ->
     assert again is not None and (again.attempt, again.lease_owner) == (2, "b")
     assert svc.claim_job(session, job.id, "c", 10, now=t0 + timedelta(seconds=30)) is None  # attempt cap
     assert svc.find_stale_jobs(session, t0 + timedelta(seconds=30)) == []
-    assert svc.fail_exhausted_jobs(session, t0 + timedelta(seconds=30)) == [job.id]
+    ended = svc.end_exhausted_jobs(session, t0 + timedelta(seconds=30))
+    assert ended == {"failed": [job.id], "cancelled": []}
     session.expire_all()
     stored = session.get(Job, job.id)
     assert stored.status == "failed" and stored.error["code"] == "attempts_exhausted"
+
+
+def test_cancel_wins_over_attempt_exhaustion(session: Session) -> None:
+    # The worker died on the last attempt, then the user cancelled: the job ends cancelled, not failed.
+    job = new_job(session, max_attempts=1)
+    t0 = utcnow()
+    svc.claim_job(session, job.id, "a", 10, now=t0)
+    svc.request_cancel(session, session.get(Job, job.id))
+    ended = svc.end_exhausted_jobs(session, t0 + timedelta(seconds=11))
+    assert ended == {"failed": [], "cancelled": [job.id]}
+    session.expire_all()
+    stored = session.get(Job, job.id)
+    assert stored.status == "cancelled" and stored.error is None
 
 
 def test_claim_keeps_cancel_requested(session: Session) -> None:

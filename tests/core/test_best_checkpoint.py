@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dskd_core.train as train
+import dskd_core.training.evaluation as training_evaluation
 from dskd_core.checkpoint import list_complete
 from dskd_core.selection import generation_due
 from dskd_core.spec import JobSpec
@@ -50,7 +50,7 @@ def scripted_scores(monkeypatch, rouge: list[float]) -> list[int]:
             "dev_exact_match_std": 0.0,
         }
 
-    monkeypatch.setattr(train, "dev_generation", fake)
+    monkeypatch.setattr(training_evaluation, "dev_generation", fake)
     return calls
 
 

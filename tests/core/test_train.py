@@ -104,12 +104,12 @@ def test_micro_batches_sum_to_the_full_batch_gradient(toy_world):
 
 
 def test_a_non_finite_loss_stops_the_run_before_the_update(toy_world, tmp_path, monkeypatch):
-    import dskd_core.train as train
+    import dskd_core.training.step as step
 
     def diverged(module, micro_batches, accelerator):
         return {"loss": math.nan}, 1.0
 
-    monkeypatch.setattr(train, "train_step", diverged)
+    monkeypatch.setattr(step, "train_step", diverged)
     with pytest.raises(NonFiniteLossError, match="at step 1"):
         run_job(make_spec(toy_world, max_steps=2), tmp_path)
 

@@ -91,7 +91,7 @@ def test_embedded_dskd_serve_on_sqlite(toy_world, tmp_path: Path, processes):
     env = service_env(
         data_dir=str(data_dir), models_root=str(toy_world.root), event_min_interval_seconds="0.2"
     )
-    dskd = [sys.executable, "-m", "dskd_core"]
+    dskd = [sys.executable, "-m", "dskd_cli"]
     created = subprocess.run(
         [*dskd, "keys", "create", "newcomer"], env=env, capture_output=True, text=True, timeout=60, check=True
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from api.db.models import Job
 from api.services import jobs as job_service
-from tests.worker.conftest import events_of, expire_lease, get_job
+from api.services.reaper import Reaper
+from tests.worker.conftest import events_of, expire_lease, get_job, tiny_spec
 from worker import tasks
-from worker.reaper import reap_once
 
 
 def wrap_sink(monkeypatch, on_emit):
@@ -56,9 +57,11 @@ def test_cancel_while_running_stops_at_a_step_and_keeps_a_checkpoint(
 
 
 def test_a_dead_worker_is_resumed_from_its_newest_checkpoint(
-    monkeypatch, worker_settings, sessions, make_job
+    monkeypatch, worker_settings, sessions, make_job, toy_world, tmp_path
 ):
-    job_id = make_job(max_steps=6, checkpoint_interval=2, keep_checkpoints=2)
+    spec = tiny_spec(toy_world, max_steps=6, checkpoint_interval=2, keep_checkpoints=2)
+    spec["student"]["name_or_path"] = "student"  # as the API stores it: relative to the models root
+    job_id = make_job(spec)
 
     def die_at_step_5(event, lease):
         if event.type == "step" and event.step == 5:
@@ -81,7 +84,7 @@ def test_a_dead_worker_is_resumed_from_its_newest_checkpoint(
     # ...until the lease expires and the reaper re-sends the job.
     expire_lease(sessions, job_id)
     sent: list[str] = []
-    assert reap_once(sessions, enqueue=sent.append, settings=worker_settings)["requeued"] == [job_id]
+    assert Reaper(sessions, worker_settings, sent.append).reap_once()["requeued"] == [job_id]
     assert tasks.execute_job(sent[0], settings=worker_settings, session_factory=sessions) == "succeeded"
 
     job = get_job(sessions, job_id)
@@ -93,3 +96,12 @@ def test_a_dead_worker_is_resumed_from_its_newest_checkpoint(
     assert steps == [5, 6]  # not restarted from step 0
     artifacts = next(e for e in second_run if e.type == "artifact").payload["artifacts"]
     assert "student.tar" in artifacts and "model.safetensors" in artifacts
+    # No server path in any event or in the manifest users download (the spec is the one they submitted).
+    server_paths = [str(worker_settings.data_dir), str(worker_settings.models_root)]
+    for event in events_of(sessions, job_id):
+        assert not any(path in json.dumps(event.payload) for path in server_paths), event.payload
+    assert resumed[0].payload["message"] == "resumed from checkpoints/step-000004"
+    manifest_text = (worker_settings.runs_dir / job_id / "export" / "manifest.json").read_text()
+    assert not any(path in manifest_text for path in server_paths)
+    manifest = json.loads(manifest_text)
+    assert manifest["student"] == "student" and manifest["spec"]["student"]["name_or_path"] == "student"

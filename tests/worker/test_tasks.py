@@ -10,17 +10,17 @@ import torch
 
 from api.db.models import Job
 from api.services import jobs as job_service
+from api.services.reaper import Reaper
 from dskd_core.errors import NonFiniteLossError, PreflightError
 from dskd_core.progress import ProgressEvent, RunResult
 from tests.worker.conftest import events_of, expire_lease, get_job, tiny_spec
 from worker import tasks
-from worker.reaper import reap_once
 
 
 def fake_engine(monkeypatch, body):
     """Replace the engine call (after pre-flight) with body(spec, run_dir, sink, cancel)."""
 
-    def run(spec, run_dir, *, sink, cancel, device=None):
+    def run(spec, run_dir, *, sink, cancel, device=None, **engine_options):
         return body(spec, Path(run_dir), sink, cancel)
 
     monkeypatch.setattr("dskd_core.train.run_job", run)
@@ -182,11 +182,11 @@ def test_attempts_are_capped_when_the_worker_keeps_dying(monkeypatch, worker_set
         job = get_job(sessions, job_id)
         assert (job.status, job.attempt) == ("running", attempt)
         expire_lease(sessions, job_id)
-        result = reap_once(sessions, enqueue=sent.append, settings=worker_settings)
+        result = Reaper(sessions, worker_settings, sent.append).reap_once()
         if attempt < 3:
-            assert result == {"requeued": [job_id], "failed": []}
+            assert result == {"released": [], "requeued": [job_id], "failed": [], "cancelled": []}
         else:
-            assert result == {"requeued": [], "failed": [job_id]}
+            assert result == {"released": [], "requeued": [], "failed": [job_id], "cancelled": []}
     assert sent == [job_id, job_id]
     job = get_job(sessions, job_id)
     assert job.status == "failed" and job.error["code"] == "attempts_exhausted"
@@ -215,12 +215,20 @@ def test_a_worker_that_lost_its_lease_records_nothing(monkeypatch, worker_settin
 
 def test_a_hub_id_never_loads_a_same_named_folder_of_the_worker(worker_settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "gpt2").mkdir()  # e.g. left over in the worker's working directory
-    spec = {"student": {"name_or_path": "gpt2"}, "data": {"dataset_id": "d"}}
+    (tmp_path / "org" / "gpt2").mkdir(parents=True)  # e.g. left over in the worker's working directory
+    spec = {"student": {"name_or_path": "org/gpt2"}, "data": {"dataset_id": "d"}}
     with pytest.raises(PreflightError, match=r"student\.name_or_path"):
         tasks.resolve_paths(spec, worker_settings, None)
-    (tmp_path / "gpt2").rmdir()
-    assert tasks.resolve_paths(spec, worker_settings, None)["student"]["name_or_path"] == "gpt2"
+    (tmp_path / "org" / "gpt2").rmdir()
+    assert tasks.resolve_paths(spec, worker_settings, None)["student"]["name_or_path"] == "org/gpt2"
+
+
+def test_a_local_model_removed_after_submission_is_model_unavailable(worker_settings, tmp_path):
+    worker_settings = worker_settings.model_copy(update={"models_root": tmp_path})
+    spec = {"student": {"name_or_path": "student-v1"}, "data": {"dataset_id": "d"}}
+    with pytest.raises(tasks.ModelUnavailable, match="no model directory 'student-v1'") as caught:
+        tasks.resolve_paths(spec, worker_settings, None)
+    assert tasks.classify_error(caught.value, worker_settings)["code"] == "model_unavailable"
 
 
 def test_model_names_under_the_models_root_become_absolute_paths(worker_settings, tmp_path):
