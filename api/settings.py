@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,14 @@ class Settings(BaseSettings):
         600.0, gt=0.0, description="Re-send queued jobs unclaimed this long."
     )
     broker_check_timeout_seconds: float = Field(2.0, gt=0.0, description="/readyz broker connect timeout.")
+    # Observability and downloads (README "Operating the service").
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
+    log_level: str = Field("INFO", description="Level of the dskd loggers (DEBUG, INFO, WARNING, …).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    signing_key: str = Field(
+        "", description="Key of the signed download links; default a random key in data_dir/signing.key."
+    )
+    download_link_seconds: int = Field(900, ge=10, description="How long a signed download link is valid.")
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

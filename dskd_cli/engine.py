@@ -12,13 +12,10 @@ from dskd_cli.app import app, fail, format_validation_error
 from dskd_core.progress import ProgressEvent
 
 
-def apply_overrides(spec: Any, overrides: list[str]) -> Any:
-    """`section.field=value` settings on top of a spec file (values parsed as YAML: 200, 1e-3, true, sft)."""
+def override_dict(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.field=value` settings applied to a spec dict in place (values parsed as YAML: 200, 1e-3, true)."""
     import yaml
 
-    from dskd_core.spec import JobSpec
-
-    raw = json.loads(spec.to_json())
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -30,7 +27,14 @@ def apply_overrides(spec: Any, overrides: list[str]) -> Any:
             if not isinstance(node, dict):
                 raise fail(f"--set {item!r}: '{part}' is not a section of the spec")
         node[leaf] = yaml.safe_load(value)
-    return JobSpec.model_validate(raw)
+    return raw
+
+
+def apply_overrides(spec: Any, overrides: list[str]) -> Any:
+    """`section.field=value` settings on top of a validated spec; returns the validated result."""
+    from dskd_core.spec import JobSpec
+
+    return JobSpec.model_validate(override_dict(json.loads(spec.to_json()), overrides))
 
 
 def load_spec(path: Path, overrides: list[str] | None = None):

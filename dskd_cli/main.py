@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dskd_cli import cache, engine, service  # noqa: F401  (registers the commands)
+from dskd_cli import cache, datasets, engine, jobs, service  # noqa: F401  (registers the commands)
 from dskd_cli.app import app
 
 

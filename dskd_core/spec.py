@@ -326,6 +326,18 @@ class DistillSpec(_Strict):
         return self
 
 
+class Tracker(StrEnum):
+    """Experiment trackers `accelerate` drives (`training.report_to`); each needs its own package installed."""
+
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+    comet_ml = "comet_ml"
+    aim = "aim"
+    clearml = "clearml"
+    dvclive = "dvclive"
+
+
 class TrainingSpec(_Strict):
     lr: float = Field(5e-4, gt=0.0, le=1.0, description="Student learning rate (peak).")
     projector_lr: float = Field(
@@ -360,6 +372,19 @@ class TrainingSpec(_Strict):
     )
     keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep on disk.")
     log_interval: int = Field(1, ge=1, description="Progress event every N steps.")
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        max_length=len(Tracker),
+        description="Trackers that also receive the metric history ('none' or [] for none; the history is "
+        "always in run_dir/metrics.jsonl). Their files go to run_dir/trackers/.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, v: Any) -> Any:
+        if v is None or v == "none":
+            return []
+        return [v] if isinstance(v, str) else v
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 from dskd_core.cache import TeacherCache
 from dskd_core.cache.fill import CacheBuildCancelled, open_teacher_cache, uses_teacher_cache
 from dskd_core.errors import PreflightError
+from dskd_core.history import RunHistory
 from dskd_core.progress import CancelToken, NeverCancel, NullSink, ProgressSink, RunResult
 from dskd_core.spec import JobSpec
 from dskd_core.training.evaluation import after_step, dev_ce, evaluate, event, finish, save
@@ -60,6 +61,8 @@ def run_job(
     accelerator = make_accelerator(t.precision, device)
     # One process reports: the others would repeat the same events.
     sink = (sink or NullSink()) if accelerator.is_main_process else NullSink()
+    if accelerator.is_main_process:  # run_dir/metrics.jsonl and training.report_to's trackers
+        sink = RunHistory.open(spec, run_dir, sink)
     set_seed(t.seed)
 
     # ---- set-up: everything that can fail does so before the first step

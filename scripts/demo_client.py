@@ -1,7 +1,7 @@
-"""The demo's client side: everything a user does over REST against a running `dskd serve`.
+"""The demo's client side, written with the project's Python client (`dskd_client`) as a user would.
 
 Uploads the toy world's training data, submits a DSKD job (models by path under the service's models root),
-streams its progress over Server-Sent Events, downloads the distilled student as one tar, loads it with plain
+follows its progress live, downloads the distilled student (resumable, sha256-checked), loads it with plain
 `transformers` and lets it answer a few held-out prompts. Used by `make demo` (scripts/demo.sh).
 """
 
@@ -15,15 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
+from dskd_client import ApiError, Client, Event
 
-def wait_ready(client: httpx.Client, timeout: float = 60.0) -> None:
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if client.get("/readyz").status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -51,46 +54,23 @@ def job_spec(world: Path, dataset_id: str, steps: int) -> dict[str, Any]:
     }
 
 
-def stream_events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    """Follows the job's SSE stream until its terminal status event, printing progress as it comes."""
-    events: list[dict[str, Any]] = []
-    headers = {"Accept": "text/event-stream"}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None) as response:
-        response.raise_for_status()
-        kind = None
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                event = json.loads(line.split(":", 1)[1])  # {seq, type, payload, created_at}
-                payload = event.get("payload", {})
-                events.append({"type": event.get("type", kind), **payload})
-                show(event.get("type", kind), payload)
-    return events
-
-
-def show(kind: str | None, payload: dict[str, Any]) -> None:
-    if kind == "progress":
-        m = payload.get("metrics", {})
-        eta = payload.get("eta_seconds")
+def show(event: Event) -> None:
+    payload = event.payload
+    if event.type == "progress":
+        m, eta = payload.get("metrics", {}), payload.get("eta_seconds")
         print(
             f"  step {payload['step']:>4}/{payload['total_steps']}  loss {m.get('loss', float('nan')):.3f}"
             f"  ce {m.get('ce', float('nan')):.3f}  kd {m.get('kd', float('nan')):.3f}"
             + (f"  eta {eta:.0f}s" if eta is not None else ""),
             flush=True,
         )
-    elif kind == "eval":
-        m = payload.get("metrics", {})
-        print(
-            f"  eval @ step {payload.get('step')}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()),
-            flush=True,
-        )
-    elif kind == "status":
-        print(
-            f"  status: {payload['status']}" + (f" — {payload['error']}" if payload.get("error") else ""),
-            flush=True,
-        )
-    elif kind in ("log", "checkpoint", "artifact") and payload.get("message"):
+    elif event.type == "eval":
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in payload.get("metrics", {}).items())
+        print(f"  eval @ step {payload.get('step')}: {scores}", flush=True)
+    elif event.type == "status":
+        error = payload.get("error")
+        print(f"  status: {payload['status']}" + (f" — {error}" if error else ""), flush=True)
+    elif payload.get("message"):
         print(f"  {payload['message']}", flush=True)
 
 
@@ -121,57 +101,43 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo-service"))
     args = parser.parse_args()
 
-    with httpx.Client(
-        base_url=args.url, headers={"Authorization": f"Bearer {args.key}"}, timeout=60
-    ) as client:
-        wait_ready(client)
-        print("== uploading the training data")
-        upload = client.post(
-            "/v1/datasets",
-            files={"file": ("train.jsonl", (args.world / "train.jsonl").read_bytes(), "application/jsonl")},
-        )
-        upload.raise_for_status()
-        dataset = upload.json()
-        print(f"  dataset {dataset['id']}: {dataset['row_count']} rows")
+    wait_ready(args.url)
+    try:
+        with Client(args.url, args.key, timeout=60) as client:
+            print("== uploading the training data")
+            dataset = client.datasets.upload(args.world / "train.jsonl")
+            print(f"  dataset {dataset.id}: {dataset.row_count} rows")
 
-        print(f"== submitting a DSKD job ({args.steps} steps)")
-        created = client.post("/v1/jobs", json=job_spec(args.world, dataset["id"], args.steps))
-        if created.status_code >= 400:
-            sys.exit(f"job refused: {created.status_code} {created.text}")
-        job_id = created.json()["id"]
-        print(f"  job {job_id} at {created.headers['Location']}")
+            print(f"== submitting a DSKD job ({args.steps} steps)")
+            job = client.jobs.create(job_spec(args.world, dataset.id, args.steps))
+            print(f"  job {job.id}: {job.status} (dashboard: {args.url}/ui/#/jobs/{job.id})")
 
-        print("== streaming progress (Server-Sent Events)")
-        events = stream_events(client, job_id)
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] != "succeeded":
-            sys.exit(f"the job ended {job['status']}: {job.get('error')}")
+            print("== following its progress (Server-Sent Events)")
+            job = client.jobs.wait(job.id, on_event=show)
+            if job.status != "succeeded":
+                sys.exit(f"the job ended {job.status}: {job.error}")
 
-        evals = [e["metrics"] for e in events if e["type"] == "eval" and e.get("metrics")]
-        if evals:
-            before, after = evals[0], evals[-1]
-            teacher = before.get("teacher_dev_ce")
+            history = client.jobs.metrics(job.id)
+            dev, teacher = history.get("dev_ce", "eval"), history.get("teacher_dev_ce", "eval")
+            if dev is not None and dev.values:
+                print(
+                    f"== student dev loss: {dev.values[0]:.3f} before → {dev.values[-1]:.3f} after"
+                    + (f" (teacher {teacher.values[0]:.3f})" if teacher and teacher.values else "")
+                )
+
+            print("== downloading the distilled student")
+            args.out.mkdir(parents=True, exist_ok=True)
+            tar_path = client.artifacts.download(job.id, "student.tar", args.out)
+            tar_entry = client.artifacts.get(job.id, "student.tar")
             print(
-                f"== student dev loss: {before.get('dev_ce', float('nan')):.3f} before → "
-                f"{after.get('dev_ce', float('nan')):.3f} after"
-                + (f" (teacher {teacher:.3f})" if teacher else "")
+                f"  {tar_path} ({tar_entry.size_bytes / 1e6:.1f} MB, sha256 {tar_entry.sha256[:12]}… verified)"
             )
+    except ApiError as e:
+        sys.exit(f"the service refused: {e}")
 
-        print("== downloading the distilled student")
-        listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()
-        tar_entry = next(a for a in listing["items"] if a["kind"] == "tar")
-        args.out.mkdir(parents=True, exist_ok=True)
-        tar_path = args.out / tar_entry["name"]
-        with client.stream("GET", f"/v1/jobs/{job_id}/artifacts/{tar_entry['name']}") as response:
-            response.raise_for_status()
-            with tar_path.open("wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
-        print(f"  {tar_path} ({tar_entry['size_bytes'] / 1e6:.1f} MB, sha256 {tar_entry['sha256'][:12]}…)")
-        export_dir = args.out / "student"
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(export_dir, filter="data")
-
+    export_dir = args.out / "student"
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(export_dir, filter="data")
     root = next(p.parent for p in export_dir.rglob("config.json"))
     print(f"== the student loads with AutoModelForCausalLM.from_pretrained('{root}') and answers:")
     answer(root, args.world)

@@ -9,8 +9,13 @@ Because a message can still arrive twice, the task itself starts with an atomic 
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from api.settings import get_settings
+from worker.joblog import setup_worker_logging
+
+# Connected before any worker starts: Celery then leaves logging to us (text or JSON, ids on every line).
+setup_logging.connect(setup_worker_logging, weak=False)
 
 # Longer than any distillation job we expect (Redis re-delivers unacked messages after this).
 VISIBILITY_TIMEOUT_SECONDS = 7 * 24 * 3600

@@ -35,9 +35,11 @@ def serve(
     import uvicorn
 
     from api.cli_support import init_db
+    from api.logs import configure_logging
     from api.main import create_app
 
     settings = get_settings()
+    configure_logging(settings)
     settings.ensure_dirs()
     init_db(settings)
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turning it into SystemExit lets the
@@ -51,7 +53,16 @@ def serve(
         worker = subprocess.Popen(worker_command(loglevel=loglevel), env=env, start_new_session=True)
         log.info("worker started (pid %s)", worker.pid)
     try:
-        uvicorn.run(create_app(), host=host, port=port, log_level=loglevel.lower())
+        # log_config=None: uvicorn's loggers go through ours (text or JSON); the API writes its own access
+        # lines with the request id, so uvicorn's are off.
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level=loglevel.lower(),
+            log_config=None,
+            access_log=False,
+        )
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.db.models import TERMINAL_STATUSES, Dataset, Job
+from api.logs import JOB_ID
 from api.queue import JobQueue, queue_from_settings
 from api.services import artifacts as artifact_service
 from api.services import events as event_service
@@ -29,6 +30,7 @@ from api.settings import Settings, get_settings
 from dskd_core.errors import PreflightError
 from worker.celery_app import app
 from worker.faults import hide_paths, remove_partial_writes, retry_database, storage_fault, storage_message
+from worker.joblog import ProgressLogSink, log_failure
 from worker.manifest import publish_manifest
 from worker.progress import DbProgressSink, LeaseKeeper, SessionFactory
 
@@ -129,6 +131,24 @@ def execute_job(
     finished or unknown job), deferred (its tenant already runs max_running_jobs_per_key jobs: re-sent for
     later) or lease_lost (another worker took the job over; nothing was written).
     """
+    token = JOB_ID.set(job_id)  # every log line of this job carries its id
+    started = time.monotonic()
+    try:
+        outcome = _execute_job(job_id, settings, session_factory, worker_id, device, queue)
+        log.info("job %s: %s after %.1f s", job_id, outcome, time.monotonic() - started)
+        return outcome
+    finally:
+        JOB_ID.reset(token)
+
+
+def _execute_job(
+    job_id: str,
+    settings: Settings | None,
+    session_factory: SessionFactory | None,
+    worker_id: str | None,
+    device: str | None,
+    queue: JobQueue | None,
+) -> str:
     settings = settings or get_settings()
     sessions = session_factory or session_factory_for(settings)
     worker_id = worker_id or new_worker_id()
@@ -151,6 +171,14 @@ def execute_job(
         )
         return "cancelled"
     spec_dict, dataset_id = dict(claimed.spec), claimed.dataset_id
+    log.info(
+        "job %s: started (attempt %d/%d, %s, student %s)",
+        job_id,
+        claimed.attempt,
+        claimed.max_attempts,
+        spec_dict.get("distill", {}).get("method"),
+        spec_dict.get("student", {}).get("name_or_path"),
+    )
 
     run_dir = settings.runs_dir / job_id
     hide = functools.partial(hide_paths, settings=settings, run_dir=run_dir)
@@ -174,15 +202,19 @@ def execute_job(
                 lambda: _dataset_path(sessions, dataset_id, settings), deadline_seconds=patience, what=job_id
             )
             result = _run_engine(
-                resolve_paths(spec_dict, settings, dataset_path), run_dir, sink, lease, device
+                resolve_paths(spec_dict, settings, dataset_path),
+                run_dir,
+                ProgressLogSink(sink, job_id),  # the worker's log: progress every 30 s, evaluations
+                lease,
+                device,
             )
         except (KeyboardInterrupt, SystemExit):
             raise  # the process is going away: leave the job to the reaper and the next attempt
         except BaseException as exc:
             if lease.lease_lost:
                 return "lease_lost"  # another worker owns the job now; touch nothing
-            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             error = classify_error(exc, settings, run_dir)
+            log_failure(job_id, error, exc)
             removed = remove_partial_writes(run_dir)
             if removed:
                 log.info("job %s: removed partial writes %s", job_id, removed)
@@ -271,7 +303,7 @@ def _record_export(sessions: SessionFactory, job_id: str, result: Any, settings:
 
 
 def _run_engine(
-    spec_dict: dict[str, Any], run_dir: Path, sink: DbProgressSink, lease: LeaseKeeper, device: str | None
+    spec_dict: dict[str, Any], run_dir: Path, sink: ProgressLogSink, lease: LeaseKeeper, device: str | None
 ):
     from dskd_core.preflight import preflight
     from dskd_core.spec import JobSpec
@@ -301,6 +333,17 @@ def _fresh_connections_after_fork(**_: object) -> None:
     dispose_all_after_fork()
 
 
-@app.task(name="dskd.run_job", acks_late=True, reject_on_worker_lost=True)
+class JobFailed(Exception):
+    """Raised by the Celery task for a failed job, so Celery and Flower record a failure, not a success.
+
+    Listed in the task's `throws`: Celery logs it as an expected error (one line, no traceback; the worker
+    already logged the cause) and acks the message, so a failed job is not redelivered.
+    """
+
+
+@app.task(name="dskd.run_job", acks_late=True, reject_on_worker_lost=True, throws=(JobFailed,))
 def run_job(job_id: str) -> str:
-    return execute_job(job_id)
+    outcome = execute_job(job_id)
+    if outcome == "failed":
+        raise JobFailed(f"job {job_id} failed (its error is on the job: GET /v1/jobs/{job_id})")
+    return outcome

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
+from api import signing
 from api.auth import CurrentPrincipal
+from api.db.models import Artifact
 from api.deps import SessionDep, SettingsDep
 from api.errors import ProblemError, problem_responses
 from api.routes.jobs import get_owned_job
 from api.schemas.artifacts import ArtifactList, ArtifactOut
 from api.services.artifacts import artifact_path, get_artifact, list_artifacts
+from api.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
@@ -25,10 +30,16 @@ _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
     summary="List a job's artifacts",
     responses=problem_responses(401, 404),
 )
-def job_artifacts(job_id: str, principal: CurrentPrincipal, session: SessionDep) -> ArtifactList:
+def job_artifacts(
+    job_id: str, principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+) -> ArtifactList:
+    """Each artifact with its size and sha256, an authenticated `download_url` and a signed `link_url`."""
     job = get_owned_job(session, principal.owner, job_id)
-    return ArtifactList(
-        items=[
+    key = signing.signing_key(settings)
+    items = []
+    for a in list_artifacts(session, job.id):
+        token, expires = signing.sign(key, job.id, a.name, settings.download_link_seconds)
+        items.append(
             ArtifactOut(
                 name=a.name,
                 kind=a.kind,
@@ -36,10 +47,11 @@ def job_artifacts(job_id: str, principal: CurrentPrincipal, session: SessionDep)
                 sha256=a.sha256,
                 created_at=a.created_at,
                 download_url=f"/v1/jobs/{job.id}/artifacts/{quote(a.name)}",
+                link_url=f"/v1/downloads/{token}",
+                link_expires_at=datetime.fromtimestamp(expires, UTC),
             )
-            for a in list_artifacts(session, job.id)
-        ]
-    )
+        )
+    return ArtifactList(items=items)
 
 
 def _check_range(header: str | None, size: int) -> None:
@@ -86,9 +98,15 @@ def download_artifact(
 ) -> FileResponse:
     """The name is looked up in the artifacts table; it is never used as a path."""
     job = get_owned_job(session, principal.owner, job_id)
-    artifact = get_artifact(session, job.id, name)
+    return send_artifact(get_artifact(session, job.id, name), job.id, name, request, settings)
+
+
+def send_artifact(
+    artifact: Artifact | None, job_id: str, name: str, request: Request, settings: Settings
+) -> FileResponse:
+    """The artifact's file (Range honoured), or a 404 problem when the row or the file is gone."""
     assert settings.runs_dir is not None
-    path = artifact_path(artifact, settings.runs_dir) if artifact is not None else None
+    path: Path | None = artifact_path(artifact, settings.runs_dir) if artifact is not None else None
     if artifact is None or path is None or not path.is_file():
         raise ProblemError(404, f"no artifact '{name}' for job '{job_id}'", slug="not-found")
     _check_range(request.headers.get("range"), path.stat().st_size)

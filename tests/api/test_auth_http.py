@@ -16,6 +16,7 @@ ROUTES = [
     ("GET", "/v1/jobs/{job}", True),
     ("POST", "/v1/jobs/{job}/cancel", True),
     ("GET", "/v1/jobs/{job}/events", True),
+    ("GET", "/v1/jobs/{job}/metrics", True),
     ("GET", "/v1/jobs/{job}/artifacts", True),
     ("GET", "/v1/jobs/{job}/artifacts/model.safetensors", True),
     ("POST", "/v1/datasets", False),
@@ -27,8 +28,12 @@ ROUTES = [
 
 def test_route_table_covers_the_app(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
+    # /v1/downloads/{token} is public: the signed token is its credential (tests/api/test_downloads_http.py).
     app_routes = {
-        (method.upper(), path) for path, ops in paths.items() if path.startswith("/v1") for method in ops
+        (method.upper(), path)
+        for path, ops in paths.items()
+        if path.startswith("/v1") and not path.startswith("/v1/downloads/")
+        for method in ops
     }
     listed = {(m, p.replace("{job}", "{job_id}").replace("{dataset}", "{dataset_id}")) for m, p, _ in ROUTES}
     listed = {(m, p.replace("model.safetensors", "{name}")) for m, p in listed}
@@ -81,6 +86,8 @@ def test_keys_of_one_owner_share_jobs(client: TestClient, session, alice, job_id
     assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {second}"}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json", "/ui/", "/ui/app.js"])
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/docs", "/redoc", "/openapi.json", "/ui/", "/ui/js/app.js", "/metrics"]
+)
 def test_public_routes(client: TestClient, path: str) -> None:
     assert client.get(path).status_code == 200

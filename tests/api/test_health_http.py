@@ -54,7 +54,14 @@ def test_readyz_503_when_database_unreachable(settings, queue) -> None:
 
 def test_openapi_has_tags_and_job_example(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    assert {t["name"] for t in spec["tags"]} == {"jobs", "events", "artifacts", "datasets", "health"}
+    assert {t["name"] for t in spec["tags"]} == {
+        "jobs",
+        "events",
+        "metrics",
+        "artifacts",
+        "datasets",
+        "health",
+    }
     create = spec["paths"]["/v1/jobs"]["post"]
     example = create["requestBody"]["content"]["application/json"]["examples"]["dskd_eta"]["value"]
     assert example["distill"]["method"] == "dskd_eta" and "dataset_id" in example["data"]

@@ -1,0 +1,175 @@
+"""The dashboard in a real browser: the list, a running job whose curve grows, cancel, a failed job's error panel,
+compare, a download, and /docs' Authorize button working offline. Screenshots: tests/artifacts/ui/*.png."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from typing import Any
+
+import pytest
+
+from dskd_client import Client
+from tests.live_service import LiveService
+from tests.ui.conftest import shot
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+
+def submit(live: LiveService, *, name: str, steps: int, wait: bool = True) -> str:
+    with Client(live.url, live.key) as client:
+        datasets = client.datasets.list()
+        dataset = datasets[0] if datasets else client.datasets.upload(live.data_file)
+        job = client.jobs.create(live.spec(dataset.id, name=name, steps=steps))
+        if wait:
+            client.jobs.wait(job.id, timeout=60)
+        return job.id
+
+
+def points(page: Any, chart: str) -> int:
+    return int(page.locator(f'[data-chart="{chart}"]').get_attribute("data-points"))
+
+
+def test_list_filter_and_empty_states(page: Any, live: LiveService) -> None:
+    page.goto("/ui/")
+    page.get_by_role("button", name="Forget").click()
+    expect(page.locator('[data-test="no-key"]')).to_contain_text("dskd keys create")
+    page.locator("#api-key").fill(live.key)
+    page.get_by_role("button", name="Use key").click()
+    expect(page.locator('[data-test="empty"]')).to_contain_text("dskd jobs submit")
+
+    done = submit(live, name="sft baseline", steps=10)
+    failed = submit(live, name="[nan] too high lr", steps=10)
+    running = submit(live, name="[slow] dskd long", steps=400, wait=False)
+    page.reload()
+    rows = page.locator("#jobs tr")
+    expect(rows).to_have_count(3)
+    done_row = page.locator(f'tr[data-job="{done}"]')
+    expect(done_row).to_contain_text("vanilla_kd")
+    expect(done_row).to_contain_text("org/tiny-student")
+    expect(done_row.locator('[data-metric="dev_ce"]')).to_have_text("2")
+    expect(done_row).to_contain_text("10/10")
+    expect(page.locator(f'tr[data-job="{running}"] [data-status]')).to_have_text("running", timeout=10_000)
+    shot(page, "list")
+
+    page.goto("/ui/#/?limit=2")  # pages follow the API's cursor
+    expect(rows).to_have_count(2)
+    page.locator('[data-test="next-page"]').click()
+    expect(rows).to_have_count(1)
+    expect(page.locator(f'tr[data-job="{done}"]')).to_be_visible()  # the oldest job is on the second page
+    page.locator('[data-test="previous-page"]').click()
+    expect(rows).to_have_count(2)
+
+    page.goto("/ui/")
+    page.locator('[data-filter="failed"]').click()
+    expect(rows).to_have_count(1)
+    expect(page.locator(f'tr[data-job="{failed}"]')).to_contain_text("failed")
+    page.locator('[data-filter="queued"]').click()
+    expect(page.locator(".empty")).to_contain_text("No queued jobs")
+
+
+def test_running_job_curve_grows_then_cancel(page: Any, live: LiveService) -> None:
+    job_id = submit(live, name="[slow] live curves", steps=400, wait=False)
+    page.goto(f"/ui/#/jobs/{job_id}")
+    expect(page.locator("h1")).to_have_text("[slow] live curves")
+    page.wait_for_function(
+        "() => +document.querySelector('[data-chart=loss]').dataset.points >= 3", timeout=15_000
+    )
+    first = points(page, "loss")
+    page.wait_for_function(
+        f"() => +document.querySelector('[data-chart=loss]').dataset.points >= {first + 4}", timeout=15_000
+    )
+    assert points(page, "loss") >= first + 4  # new points arrived through the event stream
+    expect(page.locator(".u-legend")).to_have_count(3)  # loss, learning rate and dev charts drawn by uPlot
+    expect(page.locator('[data-test="summary"]')).to_contain_text("/ 400")
+    shot(page, "job-running")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('[data-test="cancel"]').click()
+    # The page follows the state change: cancel requested, then cancelled when the worker stops the run.
+    expect(page.locator(".title-row [data-status]")).to_have_text("cancelled", timeout=15_000)
+    expect(page.locator('[data-test="cancel"]')).to_have_count(0)
+    expect(page.locator('[data-test="events"]')).to_contain_text("status → cancelled")
+    shot(page, "job-cancelled")
+
+
+def test_cancel_asks_first(page: Any, live: LiveService) -> None:
+    job_id = submit(live, name="[slow] keep me", steps=400, wait=False)
+    page.goto(f"/ui/#/jobs/{job_id}")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator('[data-test="cancel"]').click()
+    time.sleep(0.5)
+    with Client(live.url, live.key) as client:
+        assert client.jobs.get(job_id).status == "running"
+
+
+def test_failed_job_shows_its_error(page: Any, live: LiveService) -> None:
+    job_id = submit(live, name="[nan] diverges", steps=10)
+    page.goto(f"/ui/#/jobs/{job_id}")
+    panel = page.locator('[data-test="error-panel"]')
+    expect(panel).to_be_visible()
+    expect(panel.locator(".code")).to_have_text("non_finite_loss")
+    expect(panel.locator("pre")).to_contain_text("the training loss became nan at step 3")
+    expect(page.locator('[data-test="spec"]')).to_contain_text('"method": "vanilla_kd"')
+    expect(page.locator('[data-test="cancel"]')).to_have_count(0)
+    shot(page, "job-failed")
+
+
+def test_compare_overlays_runs(page: Any, live: LiveService) -> None:
+    short = submit(live, name="short run", steps=8)
+    long = submit(live, name="long run", steps=20)
+    page.goto("/ui/")
+    for job_id in (short, long):
+        page.locator(f'tr[data-job="{job_id}"] input[type=checkbox]').check()
+    page.locator('[data-test="compare"]').click()
+    expect(page).to_have_url(re.compile(r"#/compare\?ids="))
+    table = page.locator('[data-test="compare-table"] tbody tr')
+    expect(table).to_have_count(2)
+    expect(
+        page.locator(f'[data-test="compare-table"] tr[data-job="{long}"] [data-metric="dev_ce"]')
+    ).to_have_text("2")
+    page.wait_for_function("() => +document.querySelector('[data-chart=compare]').dataset.points === 20")
+    expect(page.locator('[data-chart="compare"] .u-legend')).to_contain_text("long run")
+    page.locator('[data-test="metric"]').select_option("eval:dev_ce")
+    page.wait_for_function("() => +document.querySelector('[data-chart=compare]').dataset.points === 5")
+    shot(page, "compare")
+
+
+def test_download_by_plain_link(page: Any, live: LiveService, tmp_path) -> None:
+    job_id = submit(live, name="export me", steps=5)
+    page.goto(f"/ui/#/jobs/{job_id}")
+    row = page.locator('[data-artifact="model.safetensors"]')
+    expect(row).to_contain_text("KiB")
+    with Client(live.url, live.key) as client:
+        listed = client.artifacts.get(job_id, "model.safetensors")
+    expect(row.locator(".sha")).to_have_text(listed.sha256)
+    link = row.get_by_role("link", name="Download")
+    assert link.get_attribute("href").startswith("/v1/downloads/")  # signed: no header, no blob in memory
+    with page.expect_download() as info:
+        link.click()
+    download = info.value
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert download.suggested_filename == "model.safetensors"
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == listed.sha256
+    expect(page.locator('[data-test="final-metrics"]')).to_contain_text("dev_ce 2")
+    shot(page, "job-succeeded")
+
+
+def test_docs_authorize_and_try_it_out_offline(page: Any, live: LiveService) -> None:
+    page.goto("/docs")
+    page.get_by_role("button", name=re.compile("Authorize")).first.click()
+    page.locator(".modal-ux input").fill(live.key)
+    page.locator(".modal-ux button.modal-btn.authorize").click()
+    expect(page.locator(".modal-ux")).to_contain_text("Authorized")
+    page.locator(".modal-ux button.btn-done").click()
+    operation = page.locator("#operations-jobs-jobs_list")
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    operation.get_by_role("button", name="Execute").click()
+    expect(operation.locator(".live-responses-table tbody .response-col_status")).to_have_text("200")
+    operation.locator(".live-responses-table").scroll_into_view_if_needed()
+    shot(page, "docs-authorized", full_page=False)
+    page.goto("/redoc")
+    expect(page.locator("h1").first).to_contain_text("dskd")
