@@ -1,6 +1,6 @@
 PY := .venv/bin/python
 
-.PHONY: setup demo demo-engine test test-all lint bench services
+.PHONY: setup demo demo-engine test test-all mutate lint bench services
 
 setup:  ## create .venv and install everything (CPU torch first)
 	bash scripts/setup.sh
@@ -16,6 +16,9 @@ test: setup  ## the default test run (CPU, no network; starts PostgreSQL/Redis i
 
 test-all: setup  ## including slow tests
 	bash scripts/test.sh -m "slow or not slow"
+
+mutate: setup  ## mutation testing of the critical modules (long; not in test or test-all; docs/testing.md)
+	bash scripts/mutate.sh $(MODULES)
 
 services:  ## start (or install) PostgreSQL and Redis on 127.0.0.1
 	bash scripts/services.sh

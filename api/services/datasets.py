@@ -16,10 +16,9 @@ from sqlalchemy.sql import ColumnElement
 from api.db.base import utcnow
 from api.db.models import TERMINAL_STATUSES, Dataset, Job, new_id
 from api.pagination import is_id
+from dskd_core.data.records import DataError, FieldNames, parse_record
 
-# The layouts the engine auto-detects (dskd_core/spec.py DataSpec): a prompt field and a response field, or chat.
-PROMPT_FIELDS = ("prompt", "instruction", "input", "question")
-RESPONSE_FIELDS = ("response", "output", "completion", "answer")
+_WHERE = "record"  # parse_record prefixes its messages with where the record is; the caller adds the line
 BOM = b"\xef\xbb\xbf"
 
 
@@ -41,26 +40,12 @@ class DatasetInUse(Exception):
 
 
 def record_problem(record: Any) -> str | None:
-    """Why a record has no (prompt, response) pair in an accepted layout, or None when it has one."""
-    if not isinstance(record, dict):
-        return f"expected a JSON object, got {type(record).__name__}"
-    if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            return "'messages' must be a list of {role, content} objects"
-        roles = [m["role"] for m in messages]
-        if "assistant" not in roles or roles.index("assistant") == 0:
-            return "'messages' needs an assistant turn after at least one other turn"
-        return None
-    has_prompt = any(isinstance(record.get(f), str) for f in PROMPT_FIELDS)
-    has_response = any(isinstance(record.get(f), str) for f in RESPONSE_FIELDS)
-    if not has_prompt:
-        return f"missing a prompt field (one of {', '.join(PROMPT_FIELDS)}) or 'messages'"
-    if not has_response:
-        return f"missing a response field (one of {', '.join(RESPONSE_FIELDS)})"
+    """Why the engine would refuse this record, or None: the engine's own rule (`parse_record` with the
+    auto-detected layouts), so an upload holds nothing that a job would later fail on as bad_data."""
+    try:
+        parse_record(record, FieldNames(), _WHERE)
+    except DataError as e:
+        return str(e).removeprefix(f"{_WHERE}: ")
     return None
 
 

@@ -96,7 +96,11 @@ def optimizer_step(
             "keep training.max_grad_norm set, or use precision fp32"
         )
     if t.max_grad_norm is not None:
+        # grad_norm: the norm before clipping (what clip_grad_norm_ returns); grad_norm_clipped: the norm of the
+        # gradients the update actually uses, measured again after clipping (local to this process).
         metrics["grad_norm"] = float(run.accelerator.clip_grad_norm_(run.trainable, t.max_grad_norm))
+        grads = [p.grad for p in run.trainable if p.grad is not None]
+        metrics["grad_norm_clipped"] = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
     metrics["lr"] = run.scheduler.get_last_lr()[0]
     if run.sampler is not None:
         metrics["on_policy"] = sampled / len(micro_batches)

@@ -34,12 +34,12 @@ def test_upload_stores_under_server_name(client: TestClient, alice, settings) ->
         (['{"prompt": "a", "response": "b"}', '{"prompt": "a", "response": '], 2, "invalid JSON"),
         (['{"prompt": "a", "response": "b"}', "", '{"prompt": "only a prompt"}'], 3, "response field"),
         (['{"response": "no prompt"}'], 1, "prompt field"),
-        (["[1, 2]"], 1, "JSON object"),
+        (["[1, 2]"], 1, "expected an object"),
         (['{"messages": [{"role": "user", "content": "hi"}]}'], 1, "assistant"),
         (
             ['{"prompt": "a", "response": "b"}', '{"prompt": "a", "completion": "b"}', '"text"'],
             3,
-            "JSON object",
+            "expected an object",
         ),
     ],
 )

@@ -93,10 +93,12 @@ def test_cancel_requested_before_the_claim_ends_cancelled_without_training(
             "out_of_memory",
             "batch_size",
         ),
+        # Host-side OOM carries no "out of memory" text: the code must come from the type.
+        (lambda: MemoryError(), "out_of_memory", "batch_size"),
         (lambda: NonFiniteLossError("loss is nan at step 3"), "non_finite_loss", "nan"),
         (lambda: RuntimeError("something unexpected"), "internal_error", "RuntimeError"),
     ],
-    ids=["oom", "nan", "unexpected"],
+    ids=["oom", "host-oom", "nan", "unexpected"],
 )
 def test_an_engine_error_fails_the_job_and_the_worker_returns(
     monkeypatch, worker_settings, sessions, make_job, raise_it, code, words
