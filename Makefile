@@ -1,6 +1,6 @@
 PY := .venv/bin/python
 
-.PHONY: setup demo demo-engine test test-all mutate lint bench services
+.PHONY: setup demo demo-engine test test-all mutate lint bench services chaos
 
 setup:  ## create .venv and install everything (CPU torch first)
 	bash scripts/setup.sh
@@ -22,6 +22,9 @@ mutate: setup  ## mutation testing of the critical modules (long; not in test or
 
 services:  ## start (or install) PostgreSQL and Redis on 127.0.0.1
 	bash scripts/services.sh
+
+chaos: setup  ## the fault suite: its own PostgreSQL and Redis, worker kills, broker/database restarts, serve kill -9, disk full
+	$(PY) bench/chaos.py
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -16,8 +16,13 @@ def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    session: Session = request.app.state.session_factory()
+    # Reads take no write lock on SQLite (deferred transactions); everything else may write.
+    factory = request.app.state.read_session_factory if request.method in READ_METHODS else None
+    session: Session = (factory or request.app.state.session_factory)()
     try:
         yield session
     finally:

@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from api.db.session import PoolSettings, session_factory, session_scope
+from api.db.session import PoolSettings, read_only_factory, session_factory, session_scope
 from api.services.reaper import Reaper, ReaperThread
 from api.settings import Settings
 from api.streaming import EventHubs, StreamSettings
@@ -50,8 +50,10 @@ def event_hubs(settings: Settings, sessions: object) -> EventHubs:
 
 
 def configure(app: FastAPI, settings: Settings) -> None:
-    app.state.session_factory = session_factory(settings.database_url, pool_settings(settings))
-    app.state.event_hubs = event_hubs(settings, app.state.session_factory)
+    pool = pool_settings(settings)
+    app.state.session_factory = session_factory(settings.database_url, pool)
+    app.state.read_session_factory = read_only_factory(settings.database_url, pool)
+    app.state.event_hubs = event_hubs(settings, app.state.read_session_factory)
 
 
 @asynccontextmanager

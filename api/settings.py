@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(120, ge=1)
     max_attempts: int = Field(3, ge=1)
     # Load: pools, threads and admission (see docs/service.md, "Capacity").
-    db_pool_size: int = Field(40, ge=1, description="Database connections kept per process.")
-    db_max_overflow: int = Field(10, ge=0, description="Extra connections opened under bursts.")
+    db_pool_size: int = Field(20, ge=1, description="Database connections kept per process.")
+    db_max_overflow: int = Field(20, ge=0, description="Extra connections opened under bursts.")
     db_pool_timeout_seconds: float = Field(
         10.0, gt=0, description="Wait for a free connection before answering 503."
     )
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         2000, ge=0, description="Requests that may wait for a turn; beyond, 503 at once."
     )
     request_wait_seconds: float = Field(
-        30.0, gt=0, description="Longest wait for a turn before 503 with Retry-After."
+        60.0, gt=0, description="Longest wait for a turn before 503 with Retry-After."
     )
     max_sse_streams: int = Field(1000, ge=1, description="Open event streams per API process (503 beyond).")
     max_sse_streams_per_key: int = Field(

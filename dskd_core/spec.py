@@ -370,6 +370,12 @@ class TrainingSpec(_Strict):
     checkpoint_interval: int | None = Field(
         None, ge=1, description="Write a resumable checkpoint every N steps."
     )
+    checkpoint_minutes: float | None = Field(
+        10.0,
+        gt=0.0,
+        description="Also write one when this many minutes passed since the last (on by default, so a crashed "
+        "run loses at most this much work); None turns the time rule off.",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="How many checkpoints to keep on disk.")
     log_interval: int = Field(1, ge=1, description="Progress event every N steps.")
     report_to: list[Tracker] = Field(

@@ -3,10 +3,11 @@
 Pools are sized from the settings (`db_pool_size`, `db_max_overflow`, `db_pool_timeout_seconds`); a request that
 cannot get a connection within the timeout fails with sqlalchemy's TimeoutError, which the API answers 503.
 
-SQLite: every transaction starts with BEGIN IMMEDIATE. SQLite's default deferred transactions take the write
-lock only at their first write, and a reader that then writes after another connection committed fails at once
-with "database is locked" (the busy timeout does not apply to that upgrade). Taking the lock up front turns
-those failures into short waits; readers in WAL mode are never blocked by it.
+SQLite: transactions that may write start with BEGIN IMMEDIATE. SQLite's default deferred transactions take the
+write lock only at their first write, and a reader that then writes after another connection committed fails at
+once with "database is locked" (the busy timeout does not apply to that upgrade). Taking the lock up front turns
+those failures into short waits. Read-only work (`read_only_factory`: GET requests, event streams) keeps
+deferred transactions, so readers never queue behind writers (WAL lets both proceed).
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY = {"dskd_read_only": True}
+
+
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    deferred = connection.get_execution_options().get("dskd_read_only", False)
+    connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, pool: PoolSettings | None = None) -> Engine:
@@ -82,6 +87,11 @@ def dispose_all_after_fork() -> None:
 
 def session_factory(url: str, pool: PoolSettings | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url, pool), expire_on_commit=False)
+
+
+def read_only_factory(url: str, pool: PoolSettings | None = None) -> sessionmaker[Session]:
+    """Sessions for work that only reads (same pool; on SQLite, deferred transactions)."""
+    return sessionmaker(bind=get_engine(url, pool).execution_options(**READ_ONLY), expire_on_commit=False)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ def _too_large(limit: int) -> ProblemError:
     status_code=201,
     response_model=DatasetOut,
     summary="Upload a JSONL dataset",
-    responses=problem_responses(401, 413, 422),
+    responses=problem_responses(400, 401, 413, 422),
 )
 def upload_dataset(
     principal: CurrentPrincipal,
@@ -119,6 +119,8 @@ def delete_dataset(
     assert settings.datasets_dir is not None
     try:
         svc.delete_dataset(session, dataset, settings.datasets_dir)
+    except svc.DatasetGone:
+        raise ProblemError(404, f"no dataset '{dataset_id}'", slug="not-found") from None
     except svc.DatasetInUse as e:
         raise ProblemError(
             409, f"dataset '{dataset_id}' is used by unfinished job '{e.args[0]}'", slug="dataset-in-use"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,6 +35,17 @@ def get_owned_job(session: Session, owner: str, job_id: str) -> Job:
     return job
 
 
+async def strict_types(request: Request) -> None:
+    """The spec again in pydantic's strict JSON mode: over HTTP "3" is not an integer and "1e-3" not a number
+    (the command line keeps lax parsing: YAML writes 1e-3 as a string)."""
+    try:
+        JobSpec.model_validate_json(await request.body(), strict=True)
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
+
+
 def _quota_exceeded(limit: int) -> ProblemError:
     return ProblemError(
         429,
@@ -49,6 +62,7 @@ def _quota_exceeded(limit: int) -> ProblemError:
     status_code=201,
     response_model=JobOut,
     summary="Submit a distillation job",
+    dependencies=[Depends(strict_types)],
     responses={
         200: {"description": "Replay of an earlier request with the same Idempotency-Key"},
         **problem_responses(401, 413, 422, 429),

@@ -39,6 +39,10 @@ class DatasetInUse(Exception):
     pass
 
 
+class DatasetGone(LookupError):
+    pass
+
+
 def record_problem(record: Any) -> str | None:
     """Why the engine would refuse this record, or None: the engine's own rule (`parse_record` with the
     auto-detected layouts), so an upload holds nothing that a job would later fail on as bad_data."""
@@ -154,8 +158,13 @@ def delete_dataset(session: Session, dataset: Dataset, datasets_dir: Path) -> No
     The dataset row is locked first (PostgreSQL), so a concurrent submission either commits its job before
     (and this sees it: 409) or waits and then finds the dataset gone (its foreign key refuses the insert).
     """
+    dataset_id = dataset.id  # a rollback below expires the instance
+    locked = select(Dataset.id).where(Dataset.id == dataset_id)
     if session.get_bind().dialect.name == "postgresql":
-        session.refresh(dataset, with_for_update=True)
+        locked = locked.with_for_update()
+    if session.scalar(locked) is None:  # deleted meanwhile by a concurrent request
+        session.rollback()
+        raise DatasetGone(dataset_id)
     active = session.scalar(
         select(Job.id).where(Job.dataset_id == dataset.id, Job.status.not_in(TERMINAL_STATUSES)).limit(1)
     )

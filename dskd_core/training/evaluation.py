@@ -7,6 +7,7 @@ checkpoint when `evaluation.select_best` is on. Only the main process writes che
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,11 @@ def after_step(run: Run, sink: ProgressSink, epoch_ended: bool) -> None:
     new_best = False
     if generation_due(ev.interval, state.step, epoch_ended):
         new_best = generation_eval(run, sink)
-    if (t.checkpoint_interval and state.step % t.checkpoint_interval == 0) or new_best:
+    by_steps = bool(t.checkpoint_interval) and state.step % t.checkpoint_interval == 0
+    by_time = (
+        t.checkpoint_minutes is not None and time.monotonic() - run.last_saved >= 60 * t.checkpoint_minutes
+    )
+    if by_steps or by_time or new_best:
         save(run, sink, state.metrics)
 
 
@@ -55,6 +60,7 @@ def save(run: Run, sink: ProgressSink, metrics: dict[str, float]) -> Path | None
         keep=run.spec.training.keep_checkpoints,
         protect=run.state.best_step if ev.select_best else None,
     )
+    run.last_saved = time.monotonic()
     sink.emit(event("checkpoint", run, metrics, message=str(path)))
     return path
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class Run:
     state: TrainState
     micro_per_epoch: int  # micro-batches per epoch on each process
     resumed_from: Path | None = None
+    last_saved: float = field(
+        default_factory=time.monotonic
+    )  # when a checkpoint was last written (or the start)
 
     @property
     def total_steps(self) -> int:

@@ -227,3 +227,13 @@ def test_dataset_list_is_paginated(client: TestClient, alice) -> None:
         if cursor is None:
             break
     assert seen == ids[::-1]
+
+
+def test_types_are_strict_over_http(client: TestClient, alice, dataset_id: str) -> None:
+    for field, value in (("max_steps", "3"), ("lr", "0.001"), ("max_steps", True)):
+        body = job_body(dataset_id)
+        body["training"][field] = value
+        assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, f"training.{field}")
+    body = job_body(dataset_id)
+    body["training"]["lr"] = 1  # an integer is a number
+    assert client.post("/v1/jobs", headers=alice, json=body).status_code == 201

@@ -158,3 +158,14 @@ def test_result_is_recorded_even_if_the_export_is_followed_by_an_outage(
         == "succeeded"
     )
     assert get_job(sessions, job_id).status == "succeeded"
+
+
+def test_checkpoints_are_on_by_default_by_time(worker_settings, sessions, make_job, toy_world) -> None:
+    from dskd_core.spec import TrainingSpec
+
+    assert TrainingSpec().checkpoint_interval is None and TrainingSpec().checkpoint_minutes == 10.0
+    # No step interval: the time rule alone (made tiny here) writes resumable checkpoints during the run.
+    job_id = make_job(tiny_spec(toy_world, max_steps=4, checkpoint_minutes=0.0001))
+    assert tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions) == "succeeded"
+    saved = [e.payload["step"] for e in events_of(sessions, job_id) if e.type == "checkpoint"]
+    assert saved == [1, 2, 3]  # after every step but the last (the export follows it)
