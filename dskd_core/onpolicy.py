@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from dskd_core import models
 from dskd_core.data.encode import IGNORE_INDEX, shifted_labels
 from dskd_core.distillers.base import Distiller, LossOutput, TokenCounts
-from dskd_core.distillers.common import fp32, fp32_logits, step_denominator, student_positions
-from dskd_core.reduce import chunked_sum
+from dskd_core.distillers.common import loss_chunk_rows, step_denominator, student_positions
+from dskd_core.fused import Head, fused_sum
 from dskd_core.spec import DistillSpec
 
 KD_KEY = "kd"
@@ -198,15 +198,15 @@ def gold_ce(distiller: Distiller, batch: dict[str, torch.Tensor]) -> tuple[torch
     hidden, labels = student_positions(distiller.student, batch)
     head = models.output_head(distiller.student).weight[: len(distiller.student_tokenizer)]
 
-    def chunk(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with fp32(h.device):
-            return F.cross_entropy(fp32_logits(h, head), y, reduction="sum").reshape(1)
-
     if labels.numel() == 0:
         return hidden.float().sum() * 0.0, 0
-    return chunked_sum(chunk, hidden, labels, chunk_size=distiller.spec.distill.loss_chunk_size)[
-        0
-    ], labels.numel()
+
+    def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(z, y, reduction="sum").reshape(1)
+
+    rows = loss_chunk_rows(distiller.spec.distill, head.shape[0])
+    ce_sum, _ = fused_sum(ce, [Head(hidden, head)], labels, weights=[1.0], chunk_rows=rows)
+    return ce_sum, labels.numel()
 
 
 def split_loss(

@@ -20,9 +20,27 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from dskd_core.fused import Head, fused_sum
 from dskd_core.losses import divergence
+from dskd_core.spec import DEFAULT_CHUNK_ELEMENTS, MIN_CHUNK_ROWS
 
 IGNORE_INDEX = -100
+
+
+def chunk_rows(*widths: int, budget: int = DEFAULT_CHUNK_ELEMENTS, override: int | None = None) -> int:
+    """Rows per chunk: `override` when given, else `budget // Σ widths` (at least `MIN_CHUNK_ROWS`).
+
+    `widths` are the vocabulary widths of the logits a chunk holds at once (one per head), so the chunk's logits
+    have at most `budget` elements whenever the budget allows `MIN_CHUNK_ROWS` rows.
+    """
+    for name, value in (("budget", budget), ("override", override)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if override is not None:
+        return override
+    if any(isinstance(w, bool) or not isinstance(w, int) or w < 0 for w in widths) or sum(widths) < 1:
+        raise ValueError(f"chunk_rows needs vocabulary widths (ints ≥ 0, not all 0), got {widths!r}")
+    return max(MIN_CHUNK_ROWS, budget // sum(widths))
 
 
 def chunked_sum(fn: Callable[..., Tensor], *tensors: Tensor, chunk_size: int) -> Tensor:
@@ -130,56 +148,6 @@ def kd_loss_from_hidden(
     return torch.cat([sums, count])
 
 
-class _FusedHeadLoss(torch.autograd.Function):
-    """Weighted CE + KD from hidden states whose gradient is formed chunk by chunk during the forward pass.
-
-    Each chunk's logits get their gradient from a local autograd pass, which is folded at once into the gradients
-    of the hidden states and the head (two matmuls); the backward pass only scales them. No chunk is recomputed,
-    so this does the naive form's four matmuls with the chunked form's memory.
-    """
-
-    @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, targets, cfg):  # type: ignore[override]
-        limit = w_s.shape[0] if cfg["vocab_limit"] is None else cfg["vocab_limit"]
-        grad_h = torch.zeros_like(h_s) if cfg["need_grad"] and h_s.requires_grad else None
-        grad_w = torch.zeros_like(w_s) if cfg["need_grad"] and w_s.requires_grad else None
-        total = h_s.new_zeros((), dtype=torch.float64 if h_s.dtype == torch.float64 else torch.float32)
-        for start in range(0, h_s.shape[0], cfg["chunk_size"]):
-            rows = slice(start, start + cfg["chunk_size"])
-            h_chunk = h_s[rows]
-            with torch.enable_grad():
-                logits = head_logits(h_chunk.detach(), w_s.detach(), limit).requires_grad_()
-                loss = cfg["ce_weight"] * F.cross_entropy(logits, targets[rows], reduction="sum")
-                if h_t is not None and cfg["kd_weight"] != 0.0:
-                    teacher_logits = head_logits(h_t[rows], w_t, limit)
-                    kd = divergence(
-                        cfg["name"], logits, teacher_logits, temperature=cfg["temperature"], **cfg["params"]
-                    )
-                    loss = loss + cfg["kd_weight"] * kd.sum()
-            total += loss.detach()
-            if grad_h is None and grad_w is None:
-                continue
-            (g_logits,) = torch.autograd.grad(loss, logits)
-            if grad_h is not None:
-                grad_h[rows] = (g_logits @ w_s[:limit].to(g_logits.dtype)).to(grad_h.dtype)
-            if grad_w is not None:
-                grad_w[:limit] += (g_logits.T @ h_chunk.to(g_logits.dtype)).to(grad_w.dtype)
-        ctx.save_for_backward(grad_h, grad_w)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):  # type: ignore[override]
-        grad_h, grad_w = ctx.saved_tensors
-        return (
-            None if grad_h is None else grad_h * grad_total.to(grad_h.dtype),
-            None if grad_w is None else grad_w * grad_total.to(grad_w.dtype),
-            None,
-            None,
-            None,
-            None,
-        )
-
-
 def fused_kd_loss_from_hidden(
     student_hidden: Tensor,
     student_head: Tensor,
@@ -202,25 +170,25 @@ def fused_kd_loss_from_hidden(
     avoids the checkpointed form's recomputation. Gradients reach `student_hidden` and `student_head` only; the
     teacher side is treated as a constant.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if teacher_hidden is not None and teacher_head is None:
         raise ValueError("teacher_hidden given without teacher_head")
     mask = valid_mask(labels, ignore_index)
     targets = labels[mask]
     if vocab_limit is not None and targets.numel() and int(targets.max()) >= vocab_limit:
         raise ValueError(f"a label is >= vocab_limit={vocab_limit}")
-    h_t = None if teacher_hidden is None else teacher_hidden[mask].detach()
-    w_t = None if teacher_head is None else teacher_head.detach()
-    cfg = {
-        "ce_weight": float(ce_weight),
-        "kd_weight": float(kd_weight),
-        "name": divergence_name,
-        "temperature": temperature,
-        "vocab_limit": vocab_limit,
-        "chunk_size": chunk_size,
-        "params": divergence_params,
-        # Forward runs with autograd off, so whether gradients are wanted is decided here.
-        "need_grad": torch.is_grad_enabled(),
-    }
-    return _FusedHeadLoss.apply(student_hidden[mask], student_head, h_t, w_t, targets, cfg)
+    limit = student_head.shape[0] if vocab_limit is None else vocab_limit
+    heads = [Head(student_hidden[mask], student_head[:limit])]
+    with_teacher = teacher_hidden is not None and kd_weight != 0.0
+    if with_teacher:
+        heads.append(Head(teacher_hidden[mask].detach(), teacher_head[:limit].detach()))
+
+    def sums(z_s: Tensor, *rest: Tensor) -> Tensor:
+        *z_t, y = rest
+        ce = F.cross_entropy(z_s, y, reduction="sum")
+        if not z_t:
+            return torch.stack([ce, ce * 0.0])
+        kd = divergence(divergence_name, z_s, z_t[0], temperature=temperature, **divergence_params)
+        return torch.stack([ce, kd.sum()])
+
+    loss, _ = fused_sum(sums, heads, targets, weights=[ce_weight, kd_weight], chunk_rows=chunk_size)
+    return loss

@@ -14,6 +14,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The loss's default element budget per chunk of positions (all heads' logits together) and the fewest rows a
+# chunk may have; bench/loss_memory.py measured the choice (design.md "Losses").
+DEFAULT_CHUNK_ELEMENTS = 2**25
+MIN_CHUNK_ROWS = 16
+
 
 class Method(StrEnum):
     sft = "sft"
@@ -275,7 +280,20 @@ class DistillSpec(_Strict):
     cma_block_size: int = Field(
         256, ge=1, description="dskd_cma: student positions per block of the score tensor."
     )
-    loss_chunk_size: int = Field(1024, ge=16, description="Positions per chunk in the chunked divergence.")
+    loss_chunk_elements: int = Field(
+        DEFAULT_CHUNK_ELEMENTS,
+        ge=2**16,
+        description="Memory budget of the loss: logits elements one chunk of positions may hold, over all the "
+        "heads a method reads at once (fp32: 4 bytes each). Rows per chunk = budget ÷ (sum of those vocabulary "
+        f"sizes), at least {MIN_CHUNK_ROWS}; the default keeps the loss's peak memory bounded at any vocabulary "
+        "size without tuning.",
+    )
+    loss_chunk_size: int | None = Field(
+        None,
+        ge=MIN_CHUNK_ROWS,
+        description="Override: a fixed number of positions per loss chunk, ignoring loss_chunk_elements "
+        "(memory then grows with the vocabulary).",
+    )
     seqkd_data_path: str | None = Field(
         None,
         description="seqkd: where teacher-generated responses are stored (defaults to the run directory).",

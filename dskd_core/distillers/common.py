@@ -11,6 +11,7 @@ from torch import nn
 from dskd_core import models
 from dskd_core.distillers.base import DistillContext, TokenCounts
 from dskd_core.losses import divergence_params
+from dskd_core.reduce import chunk_rows
 from dskd_core.spec import CROSS_VOCAB_METHODS, DistillSpec, Method
 
 IGNORE_INDEX = -100
@@ -66,6 +67,12 @@ def divergence_kwargs(distill: DistillSpec) -> dict[str, float]:
 def kd_scale(distill: DistillSpec) -> float:
     """τ² when asked for (compensates the 1/τ² shrink of soft-target gradients), else 1."""
     return distill.temperature**2 if distill.temperature_scaling == "tau2" else 1.0
+
+
+def loss_chunk_rows(distill: DistillSpec, *widths: int) -> int:
+    """Rows per loss chunk for heads of these vocabulary widths: `loss_chunk_size` if set, else the element
+    budget `loss_chunk_elements` over the widths (`reduce.chunk_rows`)."""
+    return chunk_rows(*widths, budget=distill.loss_chunk_elements, override=distill.loss_chunk_size)
 
 
 def fp32(device: torch.device) -> torch.autocast:

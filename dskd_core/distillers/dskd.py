@@ -26,9 +26,9 @@ from dskd_core.distillers.common import (
     divergence_kwargs,
     empty_loss,
     fp32,
-    fp32_logits,
     freeze_teacher,
     kd_scale,
+    loss_chunk_rows,
     per_token_metrics,
     real_vocab_size,
     require_same_vocabulary,
@@ -36,9 +36,9 @@ from dskd_core.distillers.common import (
     student_positions,
     teacher_positions,
 )
+from dskd_core.fused import Head, fused_sum
 from dskd_core.losses import divergence
 from dskd_core.projectors import PseudoInverseProjector, ideal_t2s, random_linear
-from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
 
 _SUMS = ("ce", "kd_student_space", "ce_t2s", "kd_teacher_space", "t2s_acc", "agreement", "s2t_acc")
@@ -96,33 +96,45 @@ class DSKDDistiller(Distiller):
         w_t = models.output_head(self.teacher).weight[: self.vocab_size].detach()
         t2s, s2t = self.t2s, self._s2t_map()
         name, params, v2 = d.divergence.value, divergence_kwargs(d), d.dskd_variant == "v2"
-
-        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with fp32(hs.device):
-                student_logits = fp32_logits(hs, w_s)
-                teacher_logits = fp32_logits(ht, w_t)
-                ce = F.cross_entropy(student_logits, y, reduction="sum")
-                teacher_top = teacher_logits.argmax(-1)
+        with fp32(h_s.device):
+            heads = [
+                Head(h_s, w_s),
+                Head(h_t, w_t),
                 # Student space: the projected teacher read out by the (detached) student head.
-                z_t2s = fp32_logits(t2s(ht.float()), w_s.detach())
-                t2s_top = z_t2s.detach().argmax(-1)
-                agree = t2s_top == teacher_top
-                ce_t2s = F.cross_entropy(z_t2s, teacher_top if v2 else y, reduction="sum")
-                kd_stu = divergence(name, student_logits, z_t2s.detach(), temperature=d.temperature, **params)
-                if v2:
-                    kd_stu = torch.where(agree, kd_stu, 0.0)
+                Head(t2s(h_t.float()), w_s.detach()),
                 # Teacher space: the projected student read out by the frozen teacher head.
-                z_s2t = fp32_logits(s2t(hs.float()), w_t)
-                kd_tea = divergence(name, z_s2t, teacher_logits, temperature=d.temperature, **params)
-                counts = [t2s_top == y, agree, z_s2t.detach().argmax(-1) == y]
-                return torch.stack(
-                    [ce, kd_stu.sum(), ce_t2s, kd_tea.sum(), *(c.sum().float() for c in counts)]
-                )
+                Head(s2t(h_s.float()), w_t),
+            ]
 
-        sums = chunked_sum(chunk, h_s, h_t, labels, chunk_size=d.loss_chunk_size)
+        def chunk(
+            student_logits: torch.Tensor,
+            teacher_logits: torch.Tensor,
+            z_t2s: torch.Tensor,
+            z_s2t: torch.Tensor,
+            y: torch.Tensor,
+        ) -> torch.Tensor:
+            ce = F.cross_entropy(student_logits, y, reduction="sum")
+            teacher_top = teacher_logits.argmax(-1)
+            t2s_top = z_t2s.detach().argmax(-1)
+            agree = t2s_top == teacher_top
+            ce_t2s = F.cross_entropy(z_t2s, teacher_top if v2 else y, reduction="sum")
+            kd_stu = divergence(name, student_logits, z_t2s.detach(), temperature=d.temperature, **params)
+            if v2:
+                kd_stu = torch.where(agree, kd_stu, 0.0)
+            kd_tea = divergence(name, z_s2t, teacher_logits, temperature=d.temperature, **params)
+            counts = [t2s_top == y, agree, z_s2t.detach().argmax(-1) == y]
+            return torch.stack([ce, kd_stu.sum(), ce_t2s, kd_tea.sum(), *(c.sum().float() for c in counts)])
+
         scale = kd_scale(d)
-        kd = scale * (sums[1] + sums[3]) + sums[2]
-        loss = ((1.0 - rate) * sums[0] + rate * kd) / denominator
+        # loss = ((1 − r)·CE + r·(scale·(KD_stu + KD_tea) + CE_t2s)) / the step's token count
+        weights = [1.0 - rate, rate * scale, rate, rate * scale, 0.0, 0.0, 0.0]
+        loss, sums = fused_sum(
+            chunk,
+            heads,
+            labels,
+            weights=[w / denominator for w in weights],
+            chunk_rows=loss_chunk_rows(d, *[self.vocab_size] * len(heads)),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = (
             scale * (metrics["kd_student_space"] + metrics["kd_teacher_space"]) + metrics["ce_t2s"]

@@ -42,6 +42,7 @@ from dskd_core.distillers.common import (
     fp32,
     fp32_logits,
     kd_scale,
+    loss_chunk_rows,
     step_denominator,
 )
 from dskd_core.distillers.cross import CrossDistiller, masked_sum, setup_cross, teacher_denominator
@@ -198,9 +199,10 @@ class DSKDCMADistiller(CrossDistiller):
             )
         w_s = models.output_head(self.student).weight[: self.vocab_size]
         w_t = models.output_head(self.teacher).weight[: self.teacher_vocab].detach()
-        cfg = CMAConfig(
-            d.cma_block_size, d.divergence.value, divergence_kwargs(d), d.temperature, d.teacher_temperature
-        )
+        # A block holds two logits tensors of one side's vocabulary: the loss budget caps the block too.
+        widest = max(self.vocab_size, self.teacher_vocab)
+        block = min(d.cma_block_size, loss_chunk_rows(d, widest, widest))
+        cfg = CMAConfig(block, d.divergence.value, divergence_kwargs(d), d.temperature, d.teacher_temperature)
         sums = cma_sums(rows, w_s, w_t, cfg)
         ce, kd_stu, ce_t2s, kd_tea = sums[0], sums[1], sums[2], sums[6]
         scale = kd_scale(d)

@@ -31,8 +31,8 @@ from dskd_core.distillers.common import (
     divergence_kwargs,
     empty_loss,
     fp32,
-    fp32_logits,
     kd_scale,
+    loss_chunk_rows,
     per_token_metrics,
     step_denominator,
 )
@@ -44,9 +44,9 @@ from dskd_core.distillers.cross import (
     setup_cross,
     shared_pairs,
 )
+from dskd_core.fused import Head, fused_sum
 from dskd_core.losses import divergence
 from dskd_core.projectors import PseudoInverseProjector, ideal_t2s, random_linear
-from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
 
 _SUMS = (
@@ -121,46 +121,59 @@ class DSKDETADistiller(CrossDistiller):
         t2s, s2t, vocab_map = self.t2s, self._s2t_map(), self.vocab_map
         name, params, v2 = d.divergence.value, divergence_kwargs(d), d.dskd_variant == "v2"
 
-        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
-            with fp32(hs.device):
-                student_logits = fp32_logits(hs, w_s)
-                ce = F.cross_entropy(student_logits, y, reduction="sum")
-                teacher_logits = fp32_logits(ht, w_t)
-                teacher_top = teacher_logits.argmax(-1)
-                mapped_top = vocab_map[teacher_top]  # −1 where the teacher's token has no student counterpart
-                mapped = al & (mapped_top >= 0)
+        with fp32(h_s.device):
+            heads = [
+                Head(rows.h_s, w_s),
+                Head(rows.h_t, w_t),
                 # Student space: the projected teacher read out by the (detached) student head.
-                z_t2s = fp32_logits(t2s(ht.float()), w_s.detach())
-                t2s_top = z_t2s.detach().argmax(-1)
-                ce_rows = mapped if v2 else al
-                target = torch.where(ce_rows, mapped_top if v2 else y, IGNORE_INDEX)
-                ce_t2s = F.cross_entropy(z_t2s, target, ignore_index=IGNORE_INDEX, reduction="sum")
-                agree = mapped & (t2s_top == mapped_top)
-                kd_stu = divergence(name, student_logits, z_t2s.detach(), temperature=d.temperature, **params)
+                Head(t2s(rows.h_t.float()), w_s.detach()),
                 # Teacher space: the projected student read out by the frozen teacher head.
-                z_s2t = fp32_logits(s2t(hs.float()), w_t)
-                kd_tea = divergence(name, z_s2t, teacher_logits, temperature=d.temperature, **params)
-                counts = [
-                    al,
-                    mapped,
-                    agree,
-                    al & (t2s_top == y),
-                    al & (z_s2t.detach().argmax(-1) == teacher_top),
-                ]
-                return torch.stack(
-                    [
-                        ce,
-                        masked_sum(kd_stu, agree if v2 else al),
-                        ce_t2s,
-                        masked_sum(kd_tea, al),
-                        *(c.sum().float() for c in counts),
-                    ]
-                )
+                Head(s2t(rows.h_s.float()), w_t),
+            ]
 
-        sums = chunked_sum(chunk, rows.h_s, rows.h_t, rows.labels, rows.aligned, chunk_size=d.loss_chunk_size)
+        def chunk(
+            z_s: torch.Tensor,
+            z_t: torch.Tensor,
+            z_t2s: torch.Tensor,
+            z_s2t: torch.Tensor,
+            y: torch.Tensor,
+            al: torch.Tensor,
+        ) -> torch.Tensor:
+            ce = F.cross_entropy(z_s, y, reduction="sum")
+            teacher_top = z_t.argmax(-1)
+            mapped_top = vocab_map[teacher_top]  # −1 where the teacher's token has no student counterpart
+            mapped = al & (mapped_top >= 0)
+            t2s_top = z_t2s.detach().argmax(-1)
+            ce_rows = mapped if v2 else al
+            target = torch.where(ce_rows, mapped_top if v2 else y, IGNORE_INDEX)
+            ce_t2s = F.cross_entropy(z_t2s, target, ignore_index=IGNORE_INDEX, reduction="sum")
+            agree = mapped & (t2s_top == mapped_top)
+            kd_stu = divergence(name, z_s, z_t2s.detach(), temperature=d.temperature, **params)
+            kd_tea = divergence(name, z_s2t, z_t, temperature=d.temperature, **params)
+            counts = [al, mapped, agree, al & (t2s_top == y), al & (z_s2t.detach().argmax(-1) == teacher_top)]
+            return torch.stack(
+                [
+                    ce,
+                    masked_sum(kd_stu, agree if v2 else al),
+                    ce_t2s,
+                    masked_sum(kd_tea, al),
+                    *(c.sum().float() for c in counts),
+                ]
+            )
+
         scale = kd_scale(d)
-        kd = scale * (sums[1] + sums[3]) + sums[2]
-        loss = ((1.0 - rate) * sums[0] + rate * kd) / denominator
+        # loss = ((1 − r)·CE + r·(τ-scale·(KD_stu + KD_tea) + CE_t2s)) / the step's tokens
+        weights = [1.0 - rate, rate * scale, rate, rate * scale, 0.0, 0.0, 0.0, 0.0, 0.0]
+        loss, sums = fused_sum(
+            chunk,
+            heads,
+            rows.labels,
+            rows.aligned,
+            weights=[w / denominator for w in weights],
+            chunk_rows=loss_chunk_rows(
+                d, self.vocab_size, self.teacher_vocab, self.vocab_size, self.teacher_vocab
+            ),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = (
             scale * (metrics["kd_student_space"] + metrics["kd_teacher_space"]) + metrics["ce_t2s"]

@@ -19,9 +19,8 @@ from dskd_core import models
 from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     empty_loss,
-    fp32,
-    fp32_logits,
     kd_scale,
+    loss_chunk_rows,
     per_token_metrics,
     step_denominator,
 )
@@ -30,8 +29,8 @@ from dskd_core.distillers.cross import (
     aligned_rows,
     setup_cross,
 )
+from dskd_core.fused import Head, fused_sum
 from dskd_core.losses import divergence
-from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
 
 UNMAPPED_LOGIT = -1.0e4  # far below any real logit: probability 0 after softmax, but no inf arithmetic
@@ -68,23 +67,27 @@ class MinEDDistiller(CrossDistiller):
         all_cols = torch.arange(s_cols.numel(), device=s_cols.device)
         tau = d.temperature
 
-        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
-            with fp32(hs.device):
-                student_logits = fp32_logits(hs, w_s)
-                ce = F.cross_entropy(student_logits, y, reduction="sum")
-                target = remap_teacher_logits(fp32_logits(ht, w_t_shared), all_cols, s_cols, self.vocab_size)
-                soft = divergence("fkl", student_logits, target, temperature=tau)
-                one_hot = F.cross_entropy(student_logits / tau, y, reduction="none")
-                kd = torch.where(al, soft, one_hot)
-                s_top = student_logits.detach().argmax(-1)
-                agree = al & (s_top == target.argmax(-1))
-                return torch.stack(
-                    [ce, kd.sum(), al.sum().float(), (s_top == y).sum().float(), agree.sum().float()]
-                )
+        def chunk(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
+            ce = F.cross_entropy(z_s, y, reduction="sum")
+            target = remap_teacher_logits(z_t, all_cols, s_cols, self.vocab_size)
+            soft = divergence("fkl", z_s, target, temperature=tau)
+            one_hot = F.cross_entropy(z_s / tau, y, reduction="none")
+            kd = torch.where(al, soft, one_hot)
+            s_top = z_s.detach().argmax(-1)
+            agree = al & (s_top == target.argmax(-1))
+            return torch.stack(
+                [ce, kd.sum(), al.sum().float(), (s_top == y).sum().float(), agree.sum().float()]
+            )
 
-        sums = chunked_sum(chunk, rows.h_s, rows.h_t, rows.labels, rows.aligned, chunk_size=d.loss_chunk_size)
         scale = kd_scale(d)
-        loss = ((1.0 - d.kd_rate) * sums[0] + d.kd_rate * scale * sums[1]) / denominator
+        loss, sums = fused_sum(
+            chunk,
+            [Head(rows.h_s, w_s), Head(rows.h_t, w_t_shared)],
+            rows.labels,
+            rows.aligned,
+            weights=[(1.0 - d.kd_rate) / denominator, d.kd_rate * scale / denominator, 0.0, 0.0, 0.0],
+            chunk_rows=loss_chunk_rows(d, self.vocab_size, w_t_shared.shape[0]),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = scale * metrics["kd_divergence"]
         metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]

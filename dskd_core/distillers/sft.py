@@ -9,14 +9,13 @@ from dskd_core import models
 from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     empty_loss,
-    fp32,
-    fp32_logits,
+    loss_chunk_rows,
     per_token_metrics,
     real_vocab_size,
     step_denominator,
     student_positions,
 )
-from dskd_core.reduce import chunked_sum
+from dskd_core.fused import Head, fused_sum
 from dskd_core.spec import Method
 
 _SUMS = ("ce", "acc")
@@ -36,14 +35,17 @@ class SFTDistiller(Distiller):
             return LossOutput(empty_loss(hidden), {"loss": 0.0, **dict.fromkeys(_SUMS, 0.0)})
         head = models.output_head(self.student).weight[: self.vocab_size]
 
-        def chunk(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with fp32(h.device):
-                logits = fp32_logits(h, head)
-                ce = F.cross_entropy(logits, y, reduction="sum")
-                correct = (logits.detach().argmax(-1) == y).sum()
-                return torch.stack([ce, correct.float()])
+        def chunk(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            ce = F.cross_entropy(z, y, reduction="sum")
+            return torch.stack([ce, (z.detach().argmax(-1) == y).sum().float()])
 
-        sums = chunked_sum(chunk, hidden, labels, chunk_size=self.spec.distill.loss_chunk_size)
+        loss, sums = fused_sum(
+            chunk,
+            [Head(hidden, head)],
+            labels,
+            weights=[1.0 / denominator, 0.0],
+            chunk_rows=loss_chunk_rows(self.spec.distill, self.vocab_size),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["loss"] = metrics["ce"]
-        return LossOutput(sums[0] / denominator, metrics)
+        return LossOutput(loss, metrics)

@@ -19,9 +19,8 @@ from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, r
 from dskd_core.distillers.common import (
     divergence_kwargs,
     empty_loss,
-    fp32,
-    fp32_logits,
     kd_scale,
+    loss_chunk_rows,
     per_token_metrics,
     step_denominator,
 )
@@ -31,8 +30,8 @@ from dskd_core.distillers.cross import (
     masked_sum,
     setup_cross,
 )
+from dskd_core.fused import Head, fused_sum
 from dskd_core.losses import divergence
-from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
 
 _SUMS = ("ce", "kd_divergence", "align_ratio", "acc", "shared_agreement")
@@ -62,22 +61,25 @@ class SharedVocabKDDistiller(CrossDistiller):
         s_cols = self.shared_student_ids
         name, params = d.divergence.value, divergence_kwargs(d)
 
-        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
-            with fp32(hs.device):
-                student_logits = fp32_logits(hs, w_s)
-                ce = F.cross_entropy(student_logits, y, reduction="sum")
-                shared_student = student_logits[:, s_cols]
-                shared_teacher = fp32_logits(ht, w_t_shared)
-                kd = divergence(name, shared_student, shared_teacher, temperature=d.temperature, **params)
-                agree = al & (shared_student.detach().argmax(-1) == shared_teacher.argmax(-1))
-                acc = student_logits.detach().argmax(-1) == y
-                return torch.stack(
-                    [ce, masked_sum(kd, al), al.sum().float(), acc.sum().float(), agree.sum().float()]
-                )
+        def chunk(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
+            ce = F.cross_entropy(z_s, y, reduction="sum")
+            shared_student = z_s[:, s_cols]
+            kd = divergence(name, shared_student, z_t, temperature=d.temperature, **params)
+            agree = al & (shared_student.detach().argmax(-1) == z_t.argmax(-1))
+            acc = z_s.detach().argmax(-1) == y
+            return torch.stack(
+                [ce, masked_sum(kd, al), al.sum().float(), acc.sum().float(), agree.sum().float()]
+            )
 
-        sums = chunked_sum(chunk, rows.h_s, rows.h_t, rows.labels, rows.aligned, chunk_size=d.loss_chunk_size)
         scale = kd_scale(d)
-        loss = ((1.0 - d.kd_rate) * sums[0] + d.kd_rate * scale * sums[1]) / denominator
+        loss, sums = fused_sum(
+            chunk,
+            [Head(rows.h_s, w_s), Head(rows.h_t, w_t_shared)],
+            rows.labels,
+            rows.aligned,
+            weights=[(1.0 - d.kd_rate) / denominator, d.kd_rate * scale / denominator, 0.0, 0.0, 0.0],
+            chunk_rows=loss_chunk_rows(d, self.vocab_size, w_t_shared.shape[0]),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = scale * metrics["kd_divergence"]
         metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]

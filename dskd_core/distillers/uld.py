@@ -19,14 +19,13 @@ from dskd_core import models
 from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
 from dskd_core.distillers.common import (
     empty_loss,
-    fp32,
-    fp32_logits,
     kd_scale,
+    loss_chunk_rows,
     per_token_metrics,
     step_denominator,
 )
 from dskd_core.distillers.cross import CrossDistiller, aligned_rows, in_order_index, masked_sum, setup_cross
-from dskd_core.reduce import chunked_sum
+from dskd_core.fused import Head, fused_sum
 from dskd_core.spec import Method
 
 _SUMS = ("ce", "uld", "align_ratio", "acc")
@@ -63,17 +62,21 @@ class ULDDistiller(CrossDistiller):
         w_s = models.output_head(self.student).weight[: self.vocab_size]
         w_t = models.output_head(self.teacher).weight[: self.teacher_vocab].detach()
 
-        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
-            with fp32(hs.device):
-                student_logits = fp32_logits(hs, w_s)
-                ce = F.cross_entropy(student_logits, y, reduction="sum")
-                uld = sorted_l1(student_logits, fp32_logits(ht, w_t), d.temperature)
-                acc = student_logits.detach().argmax(-1) == y
-                return torch.stack([ce, masked_sum(uld, al), al.sum().float(), acc.sum().float()])
+        def chunk(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, al: torch.Tensor) -> torch.Tensor:
+            ce = F.cross_entropy(z_s, y, reduction="sum")
+            uld = sorted_l1(z_s, z_t, d.temperature)
+            acc = z_s.detach().argmax(-1) == y
+            return torch.stack([ce, masked_sum(uld, al), al.sum().float(), acc.sum().float()])
 
-        sums = chunked_sum(chunk, rows.h_s, rows.h_t, rows.labels, rows.aligned, chunk_size=d.loss_chunk_size)
         scale = kd_scale(d)
-        loss = ((1.0 - d.kd_rate) * sums[0] + d.kd_rate * scale * sums[1]) / denominator
+        loss, sums = fused_sum(
+            chunk,
+            [Head(rows.h_s, w_s), Head(rows.h_t, w_t)],
+            rows.labels,
+            rows.aligned,
+            weights=[(1.0 - d.kd_rate) / denominator, d.kd_rate * scale / denominator, 0.0, 0.0],
+            chunk_rows=loss_chunk_rows(d, self.vocab_size, self.teacher_vocab),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
         metrics["kd"] = scale * metrics["uld"]
         metrics["loss"] = (1.0 - d.kd_rate) * metrics["ce"] + d.kd_rate * metrics["kd"]

@@ -10,10 +10,9 @@ from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, Tok
 from dskd_core.distillers.common import (
     divergence_kwargs,
     empty_loss,
-    fp32,
-    fp32_logits,
     freeze_teacher,
     kd_scale,
+    loss_chunk_rows,
     per_token_metrics,
     real_vocab_size,
     require_same_vocabulary,
@@ -21,8 +20,8 @@ from dskd_core.distillers.common import (
     student_positions,
     teacher_positions,
 )
+from dskd_core.fused import Head, fused_sum
 from dskd_core.losses import divergence
-from dskd_core.reduce import chunked_sum
 from dskd_core.spec import Method
 
 _SUMS = ("ce", "kd_divergence", "acc", "agreement")
@@ -55,30 +54,27 @@ class VanillaKDDistiller(Distiller):
             return LossOutput(empty_loss(h_s), {"loss": 0.0, "kd": 0.0, **dict.fromkeys(_SUMS, 0.0)})
         w_s = models.output_head(self.student).weight[: self.vocab_size]
         w_t = models.output_head(self.teacher).weight[: self.vocab_size].detach()
-        params = divergence_kwargs(d)
+        name, params, tau = d.divergence.value, divergence_kwargs(d), d.temperature
 
-        def chunk(hs: torch.Tensor, ht: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with fp32(hs.device):
-                student_logits = fp32_logits(hs, w_s)
-                teacher_logits = fp32_logits(ht, w_t)
-                ce = F.cross_entropy(student_logits, y, reduction="sum")
-                kd = divergence(
-                    d.divergence.value, student_logits, teacher_logits, temperature=d.temperature, **params
-                )
-                s_top = student_logits.detach().argmax(-1)
-                return torch.stack(
-                    [
-                        ce,
-                        kd.sum(),
-                        (s_top == y).sum().float(),
-                        (s_top == teacher_logits.argmax(-1)).sum().float(),
-                    ]
-                )
+        def chunk(
+            student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor
+        ) -> torch.Tensor:
+            ce = F.cross_entropy(student_logits, y, reduction="sum")
+            kd = divergence(name, student_logits, teacher_logits, temperature=tau, **params)
+            s_top = student_logits.detach().argmax(-1)
+            return torch.stack(
+                [ce, kd.sum(), (s_top == y).sum().float(), (s_top == teacher_logits.argmax(-1)).sum().float()]
+            )
 
-        sums = chunked_sum(chunk, h_s, h_t, labels, chunk_size=d.loss_chunk_size)
-        ce, kd = sums[0], kd_scale(d) * sums[1]
-        loss = ((1.0 - rate) * ce + rate * kd) / denominator
+        scale = kd_scale(d)
+        loss, sums = fused_sum(
+            chunk,
+            [Head(h_s, w_s), Head(h_t, w_t)],
+            labels,
+            weights=[(1.0 - rate) / denominator, rate * scale / denominator, 0.0, 0.0],
+            chunk_rows=loss_chunk_rows(d, self.vocab_size, self.vocab_size),
+        )
         metrics = per_token_metrics(_SUMS, sums, n)
-        metrics["kd"] = kd_scale(d) * metrics["kd_divergence"]
+        metrics["kd"] = scale * metrics["kd_divergence"]
         metrics["loss"] = (1.0 - rate) * metrics["ce"] + rate * metrics["kd"]
         return LossOutput(loss, metrics)

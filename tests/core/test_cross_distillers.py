@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dskd_core import models
+from dskd_core import fused, models
 from dskd_core.distillers import DistillContext, TokenCounts, get_distiller_class
 from dskd_core.distillers.cross import in_order_index, shared_pairs
 from dskd_core.distillers.dskd_cma import CMAConfig, cma_sums
@@ -323,6 +323,30 @@ def _with_block(distiller, block):
         update={"distill": distiller.spec.distill.model_copy(update={"cma_block_size": block})}
     )
     return distiller
+
+
+@pytest.mark.parametrize("method", ["uld", "mined", "shared_vocab_kd", "dskd_eta"])
+def test_chunks_and_blocks_give_the_one_chunk_loss_and_gradients(pair, monkeypatch, method):
+    """Chunks of 16 rows split into one-row blocks vs the default element budget (one chunk at this size)."""
+    student = copy.deepcopy(pair["student"])
+
+    def run(**distill):
+        d = make(pair, method, student=student, **distill)
+        student.zero_grad()
+        out = d(pair["batch"], tokens_of(pair["batch"]))
+        out.loss.backward()
+        params = list(student.parameters()) + list(d.parameters())
+        return out, [p.grad.clone() for p in params if p.grad is not None]
+
+    want, want_grads = run(loss_chunk_size=None)
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1)
+    got, grads = run()
+    assert (pair["batch"]["labels"] != -100).sum() > 16  # several chunks
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-6)
+    assert got.metrics == pytest.approx(want.metrics, rel=1e-5, abs=1e-6)
+    assert len(grads) == len(want_grads) > 0
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 def test_cma_blockwise_equals_unblocked(pair):

@@ -10,6 +10,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from dskd_core import fused
 from dskd_core.distillers import DistillContext, TokenCounts, get_distiller_class
 from dskd_core.distillers.common import same_vocabulary
 from dskd_core.spec import CROSS_VOCAB_METHODS, DataSpec, DistillSpec, JobSpec, Method, ModelSpec
@@ -78,7 +79,7 @@ def make_distiller(method, student, teacher, tokenizer, teacher_tokenizer=None, 
         teacher=ModelSpec(name_or_path="teacher"),
         student=ModelSpec(name_or_path="student"),
         data=DataSpec(path="data.jsonl"),
-        distill=DistillSpec(method=method, loss_chunk_size=16, **distill),
+        distill=DistillSpec(**{"method": method, "loss_chunk_size": 16, **distill}),
     )
     ctx = DistillContext(spec, student, teacher, tokenizer, teacher_tokenizer or tokenizer)
     return get_distiller_class(method)(ctx)
@@ -348,6 +349,44 @@ def test_micro_batches_with_global_token_count_match_one_batch(models_pair, toke
         )
         mean_of_means = sum(float(d(h, tokens_of(h)).loss) for h in halves) / 2
     assert close(own, loss_whole, 1e-5) and not close(mean_of_means, loss_whole, 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        (Method.sft, {}),
+        (Method.vanilla_kd, {}),
+        (Method.vanilla_kd, {"divergence": "akl", "temperature": 1.0}),
+        (Method.dskd, {}),
+        (Method.dskd, {"projector_init": "random", "dskd_variant": "v1", "divergence": "js"}),
+    ],
+)
+def test_chunks_and_blocks_give_the_one_chunk_loss_and_gradients(
+    models_pair, tokenizer, monkeypatch, method, extra
+):
+    """Several chunks of rows (loss_chunk_size) split into one-row blocks vs the default budget (one chunk here)."""
+    student, teacher = models_pair
+    batch = make_batch(3)
+
+    def run(**distill):
+        torch.manual_seed(0)  # the same random projectors on both sides
+        d = make_distiller(method, student, teacher, tokenizer, **extra, **distill)
+        student.zero_grad()
+        out = d(batch, tokens_of(batch))
+        out.loss.backward()
+        params = list(student.parameters()) + list(d.parameters())
+        return out, [p.grad.clone() for p in params if p.grad is not None]
+
+    want, want_grads = run(loss_chunk_size=None)  # the default: the element budget
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1)  # a block is one row
+    got, grads = run(loss_chunk_size=16)
+    assert (batch["labels"] != -100).sum() > 16  # more than one chunk
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-6)
+    assert got.metrics.keys() == want.metrics.keys()
+    assert all(close(got.metrics[k], want.metrics[k]) for k in want.metrics)
+    assert len(grads) == len(want_grads) > 0
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 # ---- a few optimisation steps ---------------------------------------------------------------------------------

@@ -220,13 +220,22 @@ def test_bf16_hidden_states_give_fp32_logits():
     torch.testing.assert_close(z, h.float() @ w[:3].float().T)
 
 
-@pytest.mark.slow  # the profiler's first start alone takes seconds
-def test_bench_quick_mode_runs():
-    from bench.loss_memory import main
+@pytest.mark.slow  # a fresh process per variant: about a minute
+def test_bench_quick_mode_runs(tmp_path):
+    from bench.loss_memory import VARIANTS, main
 
-    rows = main(["--quick"])
-    assert {r["path"] for r in rows} == {"naive", "chunked", "fused"}
+    rows = main(["--quick", "--before", "--log", str(tmp_path / "log.jsonl")])
+    assert [r["variant"] for r in rows] == [*VARIANTS, "before"]
     assert all(r["peak_bytes"] > 0 and r["seconds"] > 0 for r in rows)
+    dense = rows[0]
+    assert dense["peak_ratio"] == 1.0
+    for r in rows[1:]:
+        assert r["peak_ratio"] == r["peak_bytes"] / dense["peak_bytes"]
+    # the same loss, computed three ways
+    assert {round(r["loss"], 4) for r in rows if r["variant"] in ("dense", "vanilla_kd", "before")} == {
+        round(dense["loss"], 4)
+    }
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(rows)
 
 
 @pytest.mark.parametrize(("name", "chunk_size"), [("fkl", 3), ("akl", 5), ("js", 64)])
