@@ -35,10 +35,11 @@ def _teacher_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def toy_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The "fast" toy world (trained teacher, untrained students, splits), built once and cached across runs.
+    """The "fast" toy world (pretrained and instruction-tuned teacher, pretrained students, splits), built once and
+    cached across runs.
 
     The cache lives in pytest's cache dir (`.pytest_cache/d/toy_world`): a repeated local run reuses it, a clean
-    CI checkout builds it (under a minute on 2 CPU cores).
+    CI checkout builds it (a few minutes on 2 CPU cores).
     """
     from dskd_core.toy import build_toy_world
 
