@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The toy models are tiny: a second torch thread gains little, and oversubscribed threads on a busy machine cost a lot.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 SIZE=${SIZE:-fast}
 WORLD=${WORLD:-toy_world}

@@ -114,7 +114,9 @@ CONFIGS: dict[str, WorldConfig] = {
         student_pretrain=TrainConfig(steps=250, batch_size=32, lr=4e-3, warmup_steps=20),
         train_config=TrainConfig(steps=1000, batch_size=32, lr=3e-3, warmup_steps=20),
         sft_config=TrainConfig(steps=800, batch_size=32, lr=3e-3, warmup_steps=20),
-        threads=None,
+        # One thread: models this small gain little from a second one, and oversubscribed threads on a busy
+        # machine (parallel test sessions) are many times slower.
+        threads=1,
         quality_examples=50,
     ),
     # Seconds to build, learns little: for tests of the build itself (determinism, layout), not of the models.
