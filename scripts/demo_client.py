@@ -47,7 +47,7 @@ def job_spec(world: Path, dataset_id: str, steps: int | None, method: str | None
     distill = dict(demo.get("distill", {"method": "dskd"}))
     if method is not None:
         distill = {"method": method}
-    return {
+    spec = {
         "name": f"demo: toy teacher → student with {distill['method']}",
         "teacher": {"name_or_path": "teacher"},
         "student": {"name_or_path": "student"},
@@ -60,6 +60,9 @@ def job_spec(world: Path, dataset_id: str, steps: int | None, method: str | None
         "distill": distill,
         "training": training,
     }
+    if distill["method"] == "sft":
+        del spec["teacher"]  # SFT learns from the references only: no teacher to load
+    return spec
 
 
 def show(event: Event) -> None:
