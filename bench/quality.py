@@ -98,7 +98,7 @@ def job_spec(world, row: Row, budget: Budget, seed: int):
         "data": {
             "path": str(world.train),
             "dev_path": str(world.dev),
-            "dev_max_examples": budget.dev_ce_examples,
+            "dev_max_examples": budget.eval_dev,  # the generation's dev records (and dev CE's)
             "max_examples": budget.train_examples,
             "prompt_template": prompt_template(world),
         },
@@ -542,6 +542,7 @@ def run_bench(
         "budget": asdict(budget),
         "world": {k: world.manifest.get(k) for k in ("version", "size", "seed", "models", "splits")},
         "world_path": str(world.root),
+        "eval_records": _eval_counts(world, budget),
         "references": refs,
         "cache_fill_s": fills,
         "rows": table,
@@ -556,6 +557,15 @@ def run_bench(
             "load_average_after": _load(),
         },
         "bench_seconds": time.perf_counter() - started,
+    }
+
+
+def _eval_counts(world, budget: Budget) -> dict[str, int]:
+    from dskd_core.data import load_records
+
+    return {
+        "dev": len(load_records(world.dev)[: budget.eval_dev]),
+        "test": len(load_records(world.test)[: budget.eval_test]),
     }
 
 

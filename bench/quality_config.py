@@ -36,7 +36,7 @@ class Budget:
     """The student's budget and the evaluation settings, identical for every row.
 
     Every run trains for `epochs` epochs over the first `train_examples` training records, scores dev Rouge-L
-    (greedy, first `eval_dev` dev records) at the end of every epoch, keeps the checkpoint with the best dev
+    (greedy, first `eval_dev` dev records (all of a small world's)) at the end of every epoch, keeps the checkpoint with the best dev
     score, and is scored on the first `eval_test` test records with that checkpoint."""
 
     epochs: int
@@ -46,7 +46,6 @@ class Budget:
     seeds: tuple[int, ...]
     eval_dev: int  # first N dev records generated for Rouge-L (every epoch, best checkpoint selection)
     eval_test: int
-    dev_ce_examples: int  # dev records for run_job's teacher-forced dev CE (before/after)
     max_new_tokens: int = 64
     max_prompt_length: int = 64
     max_length: int = 128
@@ -141,10 +140,10 @@ QUICK_ROWS: list[Row] = [
 # the last epoch). One torch thread per run, two runs at a time: tiny models crawl with two threads on a shared
 # 2-core machine.
 FULL_BUDGET = Budget(
-    epochs=10, batch_size=16, lr=2e-3, train_examples=100_000, seeds=(0, 1, 2), eval_dev=90, eval_test=90,
-    dev_ce_examples=90, threads=1, jobs=2,
+    epochs=10, batch_size=16, lr=2e-3, train_examples=100_000, seeds=(0, 1, 2), eval_dev=1000, eval_test=1000,
+    threads=1, jobs=2,
 )  # fmt: skip
 QUICK_BUDGET = Budget(
-    epochs=2, batch_size=8, lr=2e-3, train_examples=32, seeds=(0,), eval_dev=6, eval_test=6, dev_ce_examples=8,
+    epochs=2, batch_size=8, lr=2e-3, train_examples=32, seeds=(0,), eval_dev=6, eval_test=6,
     max_new_tokens=16, threads=1,
 )  # fmt: skip

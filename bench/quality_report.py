@@ -219,7 +219,7 @@ def alignment_table(summary: dict[str, Any]) -> str:
 
 
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
-    b, m = summary["budget"], summary["machine"]
+    b, m, n = summary["budget"], summary["machine"], summary["eval_records"]
     fills = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("cache_fill_s", {}).items()) or "none"
     text = [
         "# Quality benchmark results",
@@ -232,9 +232,8 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
         "",
         f"Budget per run: {b['epochs']} epochs × batch {b['batch_size']} over the student's training records "
         f"(at most {b['train_examples']}), lr {b['lr']}, warmup {b['warmup_ratio']}, cosine; kd_rate "
-        f"{b['kd_rate']}, τ {b['temperature']} unless the row says otherwise. Dev Rouge-L (greedy, first "
-        f"{b['eval_dev']} dev records) after every epoch; the best dev epoch's checkpoint is scored on the first "
-        f"{b['eval_test']} test records. Rouge-L F1 ×100 (best over references) and exact match (EM, %), mean ± "
+        f"{b['kd_rate']}, τ {b['temperature']} unless the row says otherwise. Dev Rouge-L (greedy, {n['dev']} dev "
+        f"records) after every epoch; the best dev epoch's checkpoint is scored on {n['test']} test records. Rouge-L F1 ×100 (best over references) and exact match (EM, %), mean ± "
         f"std (ddof=0) over seeds {list(b['seeds'])}. train s: mean seconds per run without the dev generation, "
         f"plus for KD rows the one-off teacher cost (teacher cache fill: {fills}; SeqKD: its generation).",
         "",
