@@ -111,7 +111,7 @@ def job_spec(world, row: Row, budget: Budget, seed: int):
             "select_best": True,
         },
         "training": {
-            "epochs": budget.epochs,
+            "epochs": max(1, round(budget.epochs * row.epoch_scale)),
             "batch_size": budget.batch_size,
             "lr": budget.lr,
             "warmup_ratio": budget.warmup_ratio,
@@ -440,10 +440,12 @@ def run_bench(
     *,
     say: Callable[[str], None] = print,
     references: bool = True,
+    execute: bool = True,
 ) -> dict[str, Any]:
     """Run every (row, seed) not already in out/runs.jsonl with these settings; return the summary.
 
-    Rows resolved from others (on-policy, wall-time) look at the finished runs of `rows`."""
+    Rows resolved from others (on-policy, wall-time) look at the finished runs of `rows`. With `execute` off
+    nothing is trained: the summary of the runs recorded so far (rows without runs say "not run")."""
     import torch
 
     from dskd_core.evaluate import mean_std
@@ -458,7 +460,7 @@ def run_bench(
         if r.get("fingerprint") == key and (r.get("reference") or r.get("status") == "ok")
     ]
     started, load_before = time.perf_counter(), _load()
-    refs = _reference_scores(world, budget, out, records, say) if references else {}
+    refs = _reference_scores(world, budget, out, records, say, execute) if references else {}
 
     def log(record: dict[str, Any]) -> None:
         record["fingerprint"] = key
@@ -479,8 +481,9 @@ def run_bench(
         ]
 
     plain = [r for r in rows if r.on_policy_of is None and r.walltime_of is None]
-    fills = _cache_fills(world, budget, out, records, plain, say)
-    _run_many(world, pending(plain), budget, out, log)
+    fills = _cache_fills(world, budget, out, records, plain, say, execute)
+    if execute:
+        _run_many(world, pending(plain), budget, out, log)
 
     resolved: dict[str, Row] = {r.name: r for r in plain}
     for stage in ("on_policy", "walltime"):
@@ -502,7 +505,8 @@ def run_bench(
             else:
                 batch.append(actual)
                 resolved[row.name] = actual
-        _run_many(world, pending(batch), budget, out, log)
+        if execute:
+            _run_many(world, pending(batch), budget, out, log)
 
     table = []
     for row in rows:
@@ -589,7 +593,9 @@ def _mean_curve(curves: list[list[dict[str, float]]]) -> list[dict[str, Any]]:
     ]
 
 
-def _cache_fills(world, budget: Budget, out: Path, records: list, rows: list[Row], say) -> dict[str, float]:
+def _cache_fills(
+    world, budget: Budget, out: Path, records: list, rows: list[Row], say, execute: bool = True
+) -> dict[str, float]:
     """The timed teacher-cache fill of each student that has KD rows (cached in runs.jsonl like the runs)."""
     fills = {}
     for student in ("student", "cross_student"):
@@ -597,6 +603,8 @@ def _cache_fills(world, budget: Budget, out: Path, records: list, rows: list[Row
             continue
         name = f"teacher_cache_fill:{student}"
         found = next((r for r in records if r.get("row") == name), None)
+        if found is None and not execute:
+            continue
         if found is None:
             found = {"row": name, "reference": True, "fingerprint": fingerprint(world, budget)}
             found |= fill_teacher_cache(world, student, budget, out / "runs", out / "teacher-cache")
@@ -616,11 +624,15 @@ def _cache_fills(world, budget: Budget, out: Path, records: list, rows: list[Row
     return fills
 
 
-def _reference_scores(world, budget: Budget, out: Path, records: list, say) -> dict[str, Any]:
+def _reference_scores(
+    world, budget: Budget, out: Path, records: list, say, execute: bool = True
+) -> dict[str, Any]:
     """Teacher and untrained students on the same subsets (cached in runs.jsonl like the runs)."""
     found = {r["row"]: r for r in records if r.get("reference")}
     refs = {}
     for name in ("teacher", "student", "cross_student"):
+        if name not in found and not execute:
+            continue
         if name not in found:
             record = {"row": name, "reference": True, "fingerprint": fingerprint(world, budget)}
             record |= evaluate_dir(getattr(world, name), world, budget)
@@ -674,8 +686,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--train-examples", type=int, help="training records the student sees (overrides the budget)"
     )
     parser.add_argument("--threads", type=int, help="torch threads per run")
+    parser.add_argument(
+        "--world-threads",
+        type=int,
+        help="torch threads of the toy world's build (default: the size's setting)",
+    )
     parser.add_argument("--jobs", type=int, help="runs at a time, each in its own process")
     parser.add_argument("--fresh", action="store_true", help="ignore runs recorded in out/runs.jsonl")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: the tables of the runs recorded so far"
+    )
     args = parser.parse_args(argv)
 
     from dskd_core.toy import build_toy_world
@@ -713,8 +733,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem, plot = ("ablation", "ablation.png") if args.ablation else ("results", "quality.png")
     if args.fresh and (out / "runs.jsonl").exists():
         (out / "runs.jsonl").unlink()
-    world = build_toy_world(world_dir, size=size, seed=0, progress=print)
-    summary = run_bench(world, rows, budget, out)
+    world = build_toy_world(world_dir, size=size, seed=0, progress=print, threads=args.world_threads)
+    summary = run_bench(world, rows, budget, out, execute=not args.report_only)
     summary["command"] = "bench/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / f"{stem}.md")

@@ -26,9 +26,9 @@ class Row:
     on_policy_of: str | None = None
     walltime_of: str | None = None
     walltime_pick: str = "best_kd"  # "best_kd" or "best_dskd"
-    info: dict[str, Any] = field(
-        default_factory=dict
-    )  # what a resolved row was resolved from (not a setting)
+    epoch_scale: float = 1.0  # epochs = the budget's × this (the SFT convergence check trains twice as long)
+    # What a resolved row was resolved from (not a setting).
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,8 @@ ABLATION_ROWS: list[Row] = [
         "student",
         {**DSKD_V2, "distill.temperature": 2.0, "distill.temperature_scaling": "tau2"},
     ),
+    # convergence: SFT with twice the epochs (the same best-dev selection)
+    Row("sft_2x_epochs", "sft", "student", epoch_scale=2.0),
     # the KD weight (main rows: 0.5)
     Row("vanilla_kd_fkl_rate0.2", "vanilla_kd", "student", {"distill.divergence": "fkl", "distill.kd_rate": 0.2}),
     Row("vanilla_kd_fkl_rate0.8", "vanilla_kd", "student", {"distill.divergence": "fkl", "distill.kd_rate": 0.8}),

@@ -281,7 +281,8 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     ax_c.set_ylabel("dev Rouge-L (greedy, mean over seeds)")
     ax_c.set_title("dev Rouge-L per epoch (solid: same vocab, dashed: cross vocab)")
     ax_c.grid(alpha=0.3)
-    ax_c.legend(fontsize=7, ncol=2)
+    if ax_c.get_legend_handles_labels()[0]:
+        ax_c.legend(fontsize=7, ncol=2)
 
     names = [row_label(r) for r in rows]
     y = range(len(rows))
@@ -299,7 +300,8 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_yticks(list(y), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("test Rouge-L of the best dev checkpoint (mean ± std over seeds)")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     b = summary["budget"]
     fig.suptitle(

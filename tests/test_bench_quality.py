@@ -51,6 +51,13 @@ def test_quick_bench_writes_a_well_formed_table(toy_world, tmp_path):
     assert (out / "runs.jsonl").read_text() == logged
     assert [r["name"] for r in again["rows"]] == [r["name"] for r in rows]
     assert [r["test_rougeL"] for r in again["rows"]] == [r["test_rougeL"] for r in rows]
+    # --report-only trains nothing: the same table from the recorded runs; an empty directory has none.
+    report = main(["--quick", "--world", str(toy_world.root), "--out", str(out), "--report-only"])
+    assert [r["test_rougeL"] for r in report["rows"]] == [r["test_rougeL"] for r in rows]
+    empty = main(
+        ["--quick", "--world", str(toy_world.root), "--out", str(tmp_path / "empty"), "--report-only"]
+    )
+    assert {r["status"] for r in empty["rows"]} == {"not run"} and not (tmp_path / "empty" / "runs").exists()
 
     table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
     header = next(line for line in table if line.startswith("| config |"))
