@@ -15,8 +15,9 @@ Measurement: after one untimed warm-up step per setting, `--rounds` rounds each 
 setting in turn (the order rotates by one each round), so a change in the machine's load hits every setting
 alike. Per setting: wall seconds and process CPU seconds per step (one torch thread by default: on a shared
 machine the CPU time still measures the work where the wall time also counts the other processes), student
-tokens per second, and the ratios to SFT, computed round by round (a setting's time ÷ SFT's in the same round)
-and reported as the median over the rounds. The target (issue 8): with a warm cache, a KD/DSKD step ≤ 1.3× SFT.
+tokens per second, and the ratios to SFT of the same student (`sft`, and `sft cross` for dskd_eta's
+cross-vocabulary student, whose tokenizer gives other sequence lengths), computed round by round (a setting's
+time ÷ its SFT's in the same round) and reported as the median over the rounds. The target (issue 8): with a warm cache, a KD/DSKD step ≤ 1.3× SFT.
 
 The cache's bytes per token are the shard files on disk ÷ the teacher positions they hold (the payload is
 hidden size × 4 bytes in fp32, × 2 in bf16; the rest is the safetensors header with the example keys).
@@ -49,6 +50,7 @@ class Setting:
     name: str
     method: str
     cached: bool
+    cross: bool = False  # the cross-vocabulary student (dskd_eta's, and its SFT baseline)
     run: Any = None
     batches: Any = None
     cache_status: str = "-"
@@ -67,10 +69,12 @@ class EventLog:
         self.events.append(event)
 
 
-def make_spec(world: Any, method: str, cached: bool, storage: str, steps: int, batch_size: int):
+def make_spec(
+    world: Any, method: str, cached: bool, storage: str, steps: int, batch_size: int, cross: bool = False
+):
     from dskd_core.spec import JobSpec
 
-    student = world.cross_student if method in CROSS else world.student
+    student = world.cross_student if method in CROSS or cross else world.student
     teacher = None if method == "sft" else {"name_or_path": str(world.teacher)}
     prompt_template = world.manifest.get("prompt_template")
     data = {"path": str(world.train), "dev_path": str(world.dev)}
@@ -192,6 +196,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     accelerator = make_accelerator("fp32", "cpu" if not torch.cuda.is_available() else None)
     total_steps = 1 + args.rounds * args.steps
     settings = [Setting("sft", "sft", False)]
+    if any(m in CROSS for m in args.methods):  # the cross-vocabulary student's own baseline
+        settings.append(Setting("sft cross", "sft", False, cross=True))
     for method in args.methods:
         settings += [Setting(f"{method} live", method, False), Setting(f"{method} cache", method, True)]
 
@@ -199,7 +205,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         cache = TeacherCache(args.cache_dir or Path(tmp) / "cache")
         for i, s in enumerate(settings):
             set_seed(0)
-            spec = make_spec(world, s.method, s.cached, args.storage, total_steps, args.batch_size)
+            spec = make_spec(
+                world,
+                s.method,
+                s.cached,
+                args.storage,
+                total_steps,
+                args.batch_size,
+                s.cross or s.method in CROSS,
+            )
             build(s, spec, accelerator, Path(tmp) / f"run{i}", cache)
             run_steps(s, 1)  # warm-up: first-call allocations and lazy initialisation, not timed
         for r in range(args.rounds):
@@ -211,7 +225,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 s.tokens.append(tokens / args.steps)
             print(f"round {r + 1}/{args.rounds} done ({time.strftime('%H:%M:%S')})", flush=True)
 
-    sft = settings[0]
+    baselines = {s.cross: s for s in settings if s.method == "sft"}
     load = os.getloadavg()
     print()
     print(
@@ -225,6 +239,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     print(header)
     rows = []
     for s in settings:
+        sft = baselines[s.cross or s.method in CROSS]
         row = {
             "setting": s.name,
             "method": s.method,
@@ -232,6 +247,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "s_per_step": statistics.median(s.wall),
             "cpu_s_per_step": statistics.median(s.cpu),
             "tokens_per_s": statistics.median(t / w for t, w in zip(s.tokens, s.wall, strict=True)),
+            "baseline": sft.name,
             "wall_ratio": ratios(s, sft, "wall"),
             "cpu_ratio": ratios(s, sft, "cpu"),
             "cache": s.cache_status,
@@ -242,6 +258,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"{s.name:<18}{row['s_per_step']:>9.3f}{row['cpu_s_per_step']:>11.3f}{row['tokens_per_s']:>9.0f}"
             f"{row['wall_ratio']:>10.2f}{row['cpu_ratio']:>9.2f}{s.cache_status:>8}{s.setup_seconds:>9.1f}"
         )
+    print(
+        "(ratios to the SFT run of the same student: dskd_eta's is the cross-vocabulary student, `sft cross`)"
+    )
     print()
     cached = [s for s in settings if s.cached]
     for s in cached:

@@ -14,9 +14,11 @@ def test_quick_throughput_bench_prints_ratios_to_sft(toy_world, tmp_path, capsys
     out = capsys.readouterr().out
 
     names = [r["setting"] for r in summary["rows"]]
-    assert names == ["sft"] + [f"{m} {kind}" for m in METHODS for kind in ("live", "cache")]
+    assert names == ["sft", "sft cross"] + [f"{m} {kind}" for m in METHODS for kind in ("live", "cache")]
     by_name = {r["setting"]: r for r in summary["rows"]}
-    assert by_name["sft"]["wall_ratio"] == by_name["sft"]["cpu_ratio"] == 1.0
+    for baseline in ("sft", "sft cross"):  # each student's SFT is its own baseline
+        assert by_name[baseline]["wall_ratio"] == by_name[baseline]["cpu_ratio"] == 1.0
+    assert by_name["dskd_eta cache"]["baseline"] == "sft cross" and by_name["dskd cache"]["baseline"] == "sft"
     for row in summary["rows"]:
         assert row["s_per_step"] > 0 and row["tokens_per_s"] > 0
         assert math.isfinite(row["wall_ratio"]) and row["wall_ratio"] > 0
