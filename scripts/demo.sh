@@ -7,7 +7,7 @@
 #   make demo                    # defaults: SIZE=fast, the world the tests use (built in a few minutes, once)
 #   STEPS=600 make demo          # another budget (default: the world's demo.yaml)
 #   SFT=0 make demo              # without the SFT contrast job
-#   SIZE=full make demo          # the benchmark's larger world (its build takes a quarter of an hour)
+#   SIZE=full make demo          # the benchmark's larger world (a much longer first build)
 # The engine alone, without the service: scripts/demo_engine.sh (METHOD=sft|vanilla_kd|dskd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
