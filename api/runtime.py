@@ -66,7 +66,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.api_reaper:
         sessions = functools.partial(session_scope, settings.database_url)
         reaper = ReaperThread(
-            Reaper(sessions, settings, app.state.queue.enqueue_job), settings.reaper_interval_seconds
+            Reaper(
+                sessions,
+                settings,
+                app.state.queue.enqueue_job,
+                broker_lost=getattr(app.state.queue, "broker_lost", None),
+            ),
+            settings.reaper_interval_seconds,
         )
         reaper.start()
     try:
