@@ -33,15 +33,37 @@ def _teacher_cache_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory):
         os.environ["DSKD_CACHE_DIR"] = previous
 
 
+def _toy_world_root(config: pytest.Config):
+    cache = getattr(config, "cache", None)  # None under `-p no:cacheprovider`
+    if cache is not None:
+        return cache.mkdir("toy_world")
+    return config._tmp_path_factory.mktemp("toy_world")  # type: ignore[attr-defined]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the toy world before the first test starts when any selected test needs it.
+
+    Built here, its cost is not charged to the first test's timeout: on a loaded machine the build can take
+    longer than `timeout` (600 s) although every test after it is quick.
+    """
+    if any("toy_world" in getattr(item, "fixturenames", ()) for item in session.items):
+        from dskd_core.toy import build_toy_world
+
+        session.config._dskd_toy_world = build_toy_world(  # type: ignore[attr-defined]
+            _toy_world_root(session.config), size="fast", seed=0
+        )
+
+
 @pytest.fixture(scope="session")
-def toy_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The "fast" toy world (trained teacher, untrained students, splits), built once and cached across runs.
+def toy_world(request: pytest.FixtureRequest):
+    """The "fast" toy world (teacher, students, splits), built once and cached across runs.
 
     The cache lives in pytest's cache dir (`.pytest_cache/d/toy_world`): a repeated local run reuses it, a clean
-    CI checkout builds it (under a minute on 2 CPU cores).
+    CI checkout builds it before the first test (`pytest_collection_finish`).
     """
+    built = getattr(request.config, "_dskd_toy_world", None)
+    if built is not None:
+        return built
     from dskd_core.toy import build_toy_world
 
-    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`
-    root = cache.mkdir("toy_world") if cache is not None else tmp_path_factory.mktemp("toy_world")
-    return build_toy_world(root, size="fast", seed=0)
+    return build_toy_world(_toy_world_root(request.config), size="fast", seed=0)
