@@ -64,7 +64,7 @@ def lora_target_message(unknown: list[str], model_type: str, adaptable: Iterable
     choices = ", ".join(sorted(set(adaptable)))
     return (
         f"no module named {', '.join(repr(t) for t in unknown)} in the student ({model_type}); "
-        f"its modules LoRA can adapt are: {choices}; or use \"all-linear\""
+        f'its modules LoRA can adapt are: {choices}; or use "all-linear"'
     )
 
 

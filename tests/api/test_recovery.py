@@ -125,7 +125,9 @@ def test_the_api_process_runs_a_reaper(settings, session: Session) -> None:
     assert queue.enqueued == [job.id]
 
 
-def test_queued_jobs_are_sent_again_at_once_when_the_broker_lost_its_queues(session: Session, settings) -> None:
+def test_queued_jobs_are_sent_again_at_once_when_the_broker_lost_its_queues(
+    session: Session, settings
+) -> None:
     import os
 
     import redis
