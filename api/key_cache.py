@@ -42,36 +42,36 @@ class SharedRead:
         self._started = 0  # reads begun
         self._done = 0  # the number of the newest finished read
         self._running = False
-        self._value: Version | None = None
-        self._error: BaseException | None = None
+        self._value: Version | None = None  # the newest successful read's
         self.reads = 0  # observability (and tests)
 
     def get(self) -> Version:
         with self._cond:
             needed = self._started + 1  # the next read to begin is the first that began after we arrived
-            while self._done < needed:
+            while self._done < needed or self._value is None:
                 if self._running:
                     self._cond.wait()
                     continue
+                # No read in flight, and none that began after we arrived has succeeded: read ourselves. A
+                # failed read fails only the caller that made it; its waiters try a read of their own, so one
+                # timeout does not turn into an error for every request that was waiting.
                 self._running = True
                 self._started += 1
                 mine = self._started
                 self._cond.release()
-                value: Version | None = None
-                error: BaseException | None = None
                 try:
                     value = self._read()
-                except BaseException as e:  # handed to every waiter of this read
-                    error = e
-                finally:
+                except BaseException:
                     self._cond.acquire()
                     self.reads += 1
                     self._running = False
-                    self._done, self._value, self._error = mine, value, error
                     self._cond.notify_all()
-            if self._error is not None:
-                raise self._error
-            assert self._value is not None
+                    raise
+                self._cond.acquire()
+                self.reads += 1
+                self._running = False
+                self._done, self._value = mine, value
+                self._cond.notify_all()
             return self._value
 
 

@@ -80,19 +80,36 @@ def test_shared_reads_begin_after_the_caller_arrived_and_are_shared() -> None:
     assert shared.reads == 2
 
 
-def test_a_failed_shared_read_fails_its_waiters_and_the_next_read_is_fresh() -> None:
-    calls = iter([RuntimeError("database down"), (3, None)])
+def test_a_failed_shared_read_fails_only_its_caller() -> None:
+    gate, begun = threading.Event(), []
 
     def read():
-        value = next(calls)
-        if isinstance(value, Exception):
-            raise value
-        return value
+        begun.append(len(begun))
+        if len(begun) == 1:
+            gate.wait(5)
+            raise RuntimeError("pool timeout")
+        return (7, None)
 
     shared = SharedRead(read)
-    try:
-        shared.get()
-        raise AssertionError("expected the read's error")
-    except RuntimeError as e:
-        assert "database down" in str(e)
-    assert shared.get() == (3, None)
+    errors: list[str] = []
+    results: list[tuple] = []
+
+    def call() -> None:
+        try:
+            results.append(shared.get())
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    first = threading.Thread(target=call)
+    first.start()
+    while not begun:
+        time.sleep(0.001)
+    waiters = [threading.Thread(target=call) for _ in range(10)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *waiters]:
+        t.join(5)
+    # The caller that made the failing read gets its error; the ten waiting share one fresh read.
+    assert errors == ["pool timeout"] and results == [(7, None)] * 10 and shared.reads == 2
