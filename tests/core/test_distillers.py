@@ -17,6 +17,7 @@ from dskd_core.spec import CROSS_VOCAB_METHODS, DataSpec, DistillSpec, JobSpec, 
 
 VOCAB = 64  # real tokenizer size; the teacher's embedding is padded to 72, the student's to 80
 D_S, D_T = 32, 48
+SEED = 5  # every test starts from this generator state (a seed where the checks below are meaningful)
 
 
 def make_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
@@ -34,7 +35,7 @@ def make_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
 def _seeded() -> None:
     # Random projectors and samples come from the global generator: seeded per test, each test sees the same
     # numbers in any order (mutation runs and pytest-randomly reorder tests).
-    torch.manual_seed(3)
+    torch.manual_seed(SEED)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def tokenizer():
     return make_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def models_pair():
+@pytest.fixture
+def models_pair():  # per test: a test that changes the models (mode, weights) cannot change another's numbers
     torch.manual_seed(0)
     teacher = GPT2LMHeadModel(
         GPT2Config(
@@ -62,6 +63,7 @@ def models_pair():
             max_position_embeddings=64,
         )
     )
+    torch.manual_seed(SEED)  # as _seeded: the test's own random numbers do not depend on the models' creation
     return student, teacher.eval().requires_grad_(False)
 
 
