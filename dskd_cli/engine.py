@@ -240,8 +240,12 @@ def eval_command(
     max_new_tokens: Annotated[int | None, typer.Option(help="Response tokens generated at most.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N records.")] = None,
     prompt_template: Annotated[
-        str, typer.Option(help="The template the model was trained with: none, chat or a format string.")
-    ] = "none",
+        str | None,
+        typer.Option(
+            help="The template the model was trained with: none, chat or a format string ('\\n' is a newline). "
+            "Default: the one MODEL_DIR's manifest.json records (an export writes it), else none."
+        ),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N (default: a GPU if there is one).")
     ] = None,
@@ -251,7 +255,7 @@ def eval_command(
     from pydantic import ValidationError
 
     from dskd_core.data.records import DataError
-    from dskd_core.evaluate import run_eval
+    from dskd_core.evaluate import run_eval, unescape_template
     from dskd_core.models import ModelLoadError
     from dskd_core.spec import EvalSpec
 
@@ -261,7 +265,8 @@ def eval_command(
     try:
         if seeds:
             settings["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
-        result = run_eval(model_dir, data, EvalSpec(**settings), prompt_template, device=device)
+        template = unescape_template(prompt_template) if prompt_template is not None else None
+        result = run_eval(model_dir, data, EvalSpec(**settings), template, device=device)
     except ValidationError as e:
         raise fail(format_validation_error(e)) from None
     except (ValueError, DataError, ModelLoadError, OSError) as e:
@@ -270,6 +275,10 @@ def eval_command(
         typer.echo(result.model_dump_json(indent=2))
         return
     passes = "greedy" if greedy else f"{len(result.per_seed)} seeds"
+    source = (
+        "--prompt-template" if result.prompt_template_source == "given" else result.prompt_template_source
+    )
+    typer.echo(f"prompt template: {json.dumps(result.prompt_template)} ({source})")
     typer.echo(f"{result.num_examples} examples, {passes}")
     typer.echo(f"Rouge-L: {result.rougeL.mean:.2f} ± {result.rougeL.std:.2f}")
     typer.echo(f"exact match: {result.exact_match.mean:.2f} ± {result.exact_match.std:.2f}")

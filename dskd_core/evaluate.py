@@ -1,6 +1,6 @@
 """Generation-based evaluation: Rouge-L F1 and exact match, averaged over examples, mean ± std over seeds.
 
-Protocol (methods.md §5): each seed gives one sampling pass over the records; a pass scores every generated
+Protocol (docs/methods.md §5): each seed gives one sampling pass over the records; a pass scores every generated
 response against its references and averages over examples; the report is the mean and the population
 standard deviation (ddof=0) of those per-seed averages. Greedy decoding is deterministic, so it runs one pass
 and its std is 0.
@@ -10,10 +10,14 @@ and its std is 0.
 - Exact match: 100 if the prediction equals a reference after case folding, trimming and collapsing every
   whitespace run to one space; punctuation is kept.
 - Several references (`references` list field, plus `response`): the maximum over references, per metric.
+
+Prompts are rendered with the template the model was trained with: `run_eval` reads it from the model
+directory's manifest.json (an export writes one) when the caller gives none; see `trained_prompt_template`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -57,6 +61,10 @@ class EvalResult(BaseModel):
     exact_match: MeanStd
     per_seed: list[SeedScores]
     generations: list[ExampleOutput] | None = None
+    prompt_template: str | None = Field(None, description="The template the prompts were rendered with.")
+    prompt_template_source: str | None = Field(
+        None, description="Where that template came from: the caller, a manifest file, or the default."
+    )
 
 
 @cache
@@ -219,21 +227,95 @@ def records_for_eval(records: Sequence[Record], prompt_template: str, tokenizer)
     ]
 
 
+MANIFEST = "manifest.json"  # dskd_core.export.MANIFEST
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _template_in(manifest: dict[str, Any]) -> str | None:
+    template = manifest.get("prompt_template")
+    if template is None:  # exports written before the key existed still carry the job spec
+        spec = manifest.get("spec")
+        data = spec.get("data") if isinstance(spec, dict) else None
+        template = data.get("prompt_template") if isinstance(data, dict) else None
+    return template if isinstance(template, str) else None
+
+
+def trained_prompt_template(model_dir: str | Path) -> tuple[str, Path] | None:
+    """The prompt template a model directory was trained with, and the manifest it was read from.
+
+    Looked up in MODEL_DIR/manifest.json (`prompt_template`, else the job spec's `data.prompt_template`), then in
+    the manifest of the directory above when that manifest lists MODEL_DIR's name under `models` (a toy world
+    describes its teacher and students that way). None when neither says.
+    """
+    model_dir = Path(model_dir)
+    own = model_dir / MANIFEST
+    manifest = _read_manifest(own)
+    if manifest is not None and (template := _template_in(manifest)) is not None:
+        return template, own
+    parent = model_dir.resolve().parent / MANIFEST
+    manifest = _read_manifest(parent)
+    models = manifest.get("models") if manifest is not None else None
+    if isinstance(models, dict) and model_dir.resolve().name in models:
+        template = manifest.get("prompt_template")
+        if isinstance(template, str):
+            return template, parent
+    return None
+
+
+def unescape_template(template: str) -> str:
+    r"""A template typed on a command line: `\n`, `\t` and `\r` become the control characters and `\\` a
+    backslash; any other backslash stays as it is."""
+    escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    return re.sub(r"\\([ntr\\])", lambda m: escapes[m[1]], template)
+
+
+def check_template(template: str) -> str:
+    """The template if `DataSpec` accepts it; a ValueError naming the problem otherwise."""
+    from pydantic import ValidationError
+
+    from dskd_core.spec import DataSpec
+
+    try:
+        DataSpec(path="-", prompt_template=template)
+    except ValidationError as e:
+        raise ValueError(f"prompt template {template!r}: {e.errors()[0]['msg']}") from None
+    return template
+
+
 def run_eval(
     model_path: str | Path,
     data_path: str | Path,
     settings: EvalSpec,
-    prompt_template: str = "none",
+    prompt_template: str | None = None,
     *,
     dtype: str = "float32",
     device=None,
     keep_generations: bool = False,
 ) -> EvalResult:
     """The CLI's `eval`: read records (any layout `dskd_core.data.load_records` reads: JSONL, JSON, dataset
-    directories), load the model, render the prompts with `prompt_template`, generate and score."""
+    directories), load the model, render the prompts, generate and score.
+
+    The prompts are rendered with `prompt_template` when given, else with the template the model's manifest
+    records (`trained_prompt_template`), else as they are ("none"). The result says which one and from where.
+    """
     from dskd_core.data import load_records
 
+    if prompt_template is not None:
+        source = "given"
+    elif (found := trained_prompt_template(model_path)) is not None:
+        prompt_template, source = found[0], str(found[1])
+    else:
+        prompt_template, source = "none", "default (no manifest.json with a prompt template)"
+    check_template(prompt_template)
     raw = load_records(data_path)[: settings.max_examples]
     model, tokenizer = load_eval_model(str(model_path), dtype=dtype, device=device)
     records = records_for_eval(raw, prompt_template, tokenizer)
-    return evaluate_model(model, tokenizer, records, settings=settings, keep_generations=keep_generations)
+    result = evaluate_model(model, tokenizer, records, settings=settings, keep_generations=keep_generations)
+    return result.model_copy(update={"prompt_template": prompt_template, "prompt_template_source": source})

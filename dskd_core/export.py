@@ -3,7 +3,8 @@
     export/config.json, model.safetensors, generation_config.json   the student (LoRA merged in)
     export/tokenizer files                                        the student's tokenizer
     export/projectors.safetensors                                 the distiller's projectors (if it has any)
-    export/manifest.json                                          files (size, sha256), job spec, metrics, versions
+    export/manifest.json                                          files (size, sha256), job spec, metrics, versions,
+                                                                  and the prompt template (`dskd eval` reads it)
 
 Written into a temporary directory and renamed, like checkpoints: an `export/` directory is always whole.
 """
@@ -96,6 +97,8 @@ def export_student(
         "student": spec.student.name_or_path,
         "teacher": spec.teacher.name_or_path if spec.teacher else None,
         "lora_merged": spec.student.lora is not None,
+        # The prompts the student learned to answer: evaluating with another template scores it unfairly.
+        "prompt_template": spec.data.prompt_template,
         "files": files,
         "metrics": dict(metrics or {}),
         "versions": _versions(),

@@ -115,7 +115,7 @@ METHOD_INFO: dict[Method, MethodInfo] = {
 CROSS_VOCAB_METHODS: tuple[str, ...] = tuple(
     m.value for m, i in METHOD_INFO.items() if i.vocabulary == "cross"
 )
-# Methods whose KD terms can run on student samples (methods.md §4): they compare the two models position by position.
+# Methods whose KD terms can run on student samples (docs/methods.md §4): they compare the two models position by position.
 ON_POLICY_METHODS: tuple[str, ...] = ("vanilla_kd", "dskd", "dskd_eta", "dskd_cma")
 
 
@@ -247,7 +247,9 @@ class DistillSpec(_Strict):
 
     method: Method = Field(Method.dskd, description="Distillation method.")
     divergence: Divergence = Field(
-        Divergence.fkl, description="Divergence used by the KD terms (both spaces for DSKD)."
+        Divergence.fkl,
+        description="Divergence used by the KD terms (both spaces for DSKD, under v1 as under v2). uld (sorted "
+        "L1) and mined (forward KL) ignore it.",
     )
     beta: float = Field(
         0.5, ge=0.0, le=1.0, description="gjsd: mixture weight of the target in m = βp + (1−β)q."
@@ -272,7 +274,9 @@ class DistillSpec(_Strict):
     )
     dskd_variant: Literal["v1", "v2"] = Field(
         "v2",
-        description="v1: t2s CE on gold labels, KD on all positions; v2: teacher argmax labels, agreement mask.",
+        description="v1: t2s CE on gold labels, KD on all positions; v2: teacher argmax labels, agreement mask. "
+        "Both use `divergence` in the teacher space too; the published v1 fixed forward KL there, which is the "
+        "default divergence, so v1 with fkl is the published v1.",
     )
     topk_vocab: int | None = Field(
         None, ge=1, description="Ideal init: compute pseudo-inverses on the first k vocabulary entries only."
@@ -427,7 +431,7 @@ class TrainingSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    """Generation-based evaluation (Rouge-L, exact match). Defaults follow the reference recipe (methods.md §5)."""
+    """Generation-based evaluation (Rouge-L, exact match). Defaults follow the reference recipe (docs/methods.md §5)."""
 
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=lambda: [10, 20, 30, 40, 50],

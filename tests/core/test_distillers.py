@@ -186,7 +186,8 @@ def test_vanilla_kd_mixes_ce_and_forward_kl(models_pair, tokenizer, scaling):
 
 
 @pytest.mark.parametrize(
-    ("variant", "name", "init"), [("v1", "fkl", "random"), ("v2", "fkl", "ideal"), ("v2", "rkl", "random")]
+    ("variant", "name", "init"),
+    [("v1", "fkl", "random"), ("v2", "fkl", "ideal"), ("v2", "rkl", "random"), ("v1", "rkl", "random")],
 )
 def test_dskd_terms_match_direct_computation(models_pair, tokenizer, variant, name, init):
     student, teacher = models_pair
@@ -211,6 +212,32 @@ def test_dskd_terms_match_direct_computation(models_pair, tokenizer, variant, na
     assert close(out.loss, (1 - r) * ref["ce"] + r * kd, 1e-4)
     if variant == "v2":  # the agreement mask must actually drop positions for this check to mean anything
         assert 0.0 < out.metrics["agreement"] < 1.0
+
+
+def test_dskd_v1_uses_the_configured_divergence_in_the_teacher_space(models_pair, tokenizer):
+    """The published v1 fixed forward KL in the teacher space; here both spaces use `divergence` (the choice the
+    spec's dskd_variant description states), so v1 with rkl is not v1 with fkl there."""
+    student, teacher = models_pair
+    batch = make_batch(6)
+    d = make_distiller(
+        Method.dskd,
+        student,
+        teacher,
+        tokenizer,
+        divergence="rkl",
+        dskd_variant="v1",
+        projector_init="random",
+        temperature=0.25,  # sharp enough that RKL and FKL differ at first order on these random models
+    )
+    out = d(batch, tokens_of(batch))
+    _, h_s, _ = full_outputs(student, batch)
+    with torch.no_grad():
+        t_logits, _, _ = full_outputs(teacher, batch)
+    z_s2t = F.linear(h_s, d.s2t.weight, d.s2t.bias) @ teacher.lm_head.weight[:VOCAB].T
+    rkl = ref_divergence("rkl", z_s2t, t_logits, 0.25).mean().item()
+    fkl = ref_divergence("fkl", z_s2t, t_logits, 0.25).mean().item()
+    assert close(out.metrics["kd_teacher_space"], rkl, 1e-4)
+    assert abs(rkl - fkl) > 0.1 * fkl
 
 
 def test_dskd_tau2_scales_the_divergence_terms_only(models_pair, tokenizer):
