@@ -184,6 +184,10 @@ def test_mined_loss_hand_case(pair):
     ce, kd = 2 * math.log(2), 2 * math.log(2)
     assert out.loss.item() == pytest.approx((0.5 * ce + 0.5 * kd) / 2, rel=1e-5)
     assert out.metrics["align_ratio"] == pytest.approx(0.5)
+    # Both student top-1s are the gold tokens; at the aligned position it is also the remapped teacher's top-1
+    # (student 2); the unaligned position does not count for agreement.
+    assert out.metrics["acc"] == pytest.approx(1.0)
+    assert out.metrics["teacher_agreement"] == pytest.approx(0.5)
 
 
 # ---- independent references on the toy batch ---------------------------------------------------------------
@@ -319,7 +323,10 @@ def test_dskd_eta_ideal_init_fits_the_shared_rows(pair):
     residual = w_s @ x.T - w_t
     grad = w_s.T @ residual  # normal equations: zero at the least-squares solution
     assert grad.abs().max() < 1e-3 * w_s.abs().max() * w_t.abs().max() * len(s_ids)
-    assert "s2t.weight" in distiller.export_state()
+    # The exported s2t (Linear layout [d_t, d_s]) is the map the loss uses (rebuilt from the student's head).
+    exported = distiller.export_state()["s2t.weight"]
+    h = torch.randn(5, w_s.shape[1])
+    torch.testing.assert_close(h @ exported.T, distiller._s2t_map()(h))
 
 
 # ---- CMA ---------------------------------------------------------------------------------------------------
