@@ -378,6 +378,25 @@ def test_cma_blockwise_equals_unblocked(pair):
         assert metrics["attention_entropy"] == pytest.approx(results[-1][2]["attention_entropy"], rel=1e-5)
 
 
+def test_cma_loss_weighs_its_terms(pair):
+    b = pair["batch"]
+    rate = 0.3
+    out = make(pair, "dskd_cma", kd_rate=rate)(b, tokens_of(b))
+    m = out.metrics
+    assert m["ce_t2s"] > 0  # every term counts: a sign error in any of them changes the loss
+    kd = m["kd_student_space"] + m["ce_t2s"] + m["kd_teacher_space"]
+    assert out.loss.item() == pytest.approx((1 - rate) * m["ce"] + rate * kd, rel=1e-5)
+    assert m["loss"] == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_a_student_head_smaller_than_its_tokenizer_is_refused(pair):
+    small = copy.deepcopy(pair["student"])
+    head = models.output_head(small)
+    head.weight = torch.nn.Parameter(head.weight.detach()[: len(pair["s_tok"]) - 1].clone())
+    with pytest.raises(ValueError, match=r"an output head has \d+ rows but the tokenizer has"):
+        make(pair, "uld", student=small)
+
+
 def test_cma_gradient_routing(pair):
     distiller = make(pair, "dskd_cma", kd_rate=1.0)
     b = pair["batch"]

@@ -253,6 +253,17 @@ def test_dskd_tau2_scales_the_divergence_terms_only(models_pair, tokenizer):
     assert close(out.loss, (1 - r) * ref["ce"] + r * kd, 1e-4)
 
 
+def test_dskd_kd_rate_override_gives_the_kd_part_alone(models_pair, tokenizer):
+    """On-policy KD (split_loss) asks for the KD part alone with kd_rate=1.0, whatever the spec's rate."""
+    student, teacher = models_pair
+    batch = make_batch(5)
+    d = make_distiller(Method.dskd, student, teacher, tokenizer, kd_rate=0.3)
+    kd_only = d(batch, tokens_of(batch), kd_rate=1.0)
+    ref = ref_dskd_terms(d, student, teacher, batch, name="fkl", tau=2.0, v2=True)
+    assert close(kd_only.loss, ref["kd_student_space"] + ref["ce_t2s"] + ref["kd_teacher_space"], 1e-4)
+    assert not close(kd_only.loss, d(batch, tokens_of(batch)).loss, 1e-3)  # the override changed something
+
+
 @pytest.mark.parametrize("method", [Method.sft, Method.vanilla_kd, Method.dskd])
 def test_batch_without_labels_gives_zero_and_backward_works(models_pair, tokenizer, method):
     student, teacher = models_pair
