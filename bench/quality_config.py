@@ -137,13 +137,13 @@ QUICK_ROWS: list[Row] = [
     Row("sft_walltime_best_kd", "sft", "student", walltime_of="student", walltime_pick="best_kd"),
 ]
 
-# Epochs over the student's own training records, the best epoch picked on dev. 10 epochs (630 steps on the fast
-# world's 1,000 records) is what every row × 3 seeds affords on a shared 2-core machine in about 45 min; whether SFT
+# Epochs over the student's own training records, the best epoch picked on dev. 15 epochs (945 steps on the fast
+# world's 1,000 records) is what every row × 3 seeds affords on a shared 2-core machine in about 40 min; whether SFT
 # has stopped rising by then is measured, not assumed: its dev curve, and `sft_2x_epochs` among the ablations
 # (docs/results.md). One torch thread per run, two runs at a time: tiny models crawl with two threads on a
 # shared 2-core machine.
 FULL_BUDGET = Budget(
-    epochs=10, batch_size=16, lr=2e-3, train_examples=100_000, seeds=(0, 1, 2), eval_dev=1000, eval_test=1000,
+    epochs=15, batch_size=16, lr=2e-3, train_examples=100_000, seeds=(0, 1, 2), eval_dev=1000, eval_test=1000,
     threads=1, jobs=2,
 )  # fmt: skip
 QUICK_BUDGET = Budget(
