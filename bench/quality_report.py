@@ -112,7 +112,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def curve_table(summary: dict[str, Any], names: tuple[str, ...] = ("sft", "sft_cross")) -> str:
+def curve_table(
+    summary: dict[str, Any], names: tuple[str, ...] = ("sft", "sft_2x_epochs", "sft_cross")
+) -> str:
     """Dev Rouge-L (greedy, mean ± std over seeds) after each epoch, for the named rows."""
     rows = [r for r in summary["rows"] if r["name"] in names and r.get("curve")]
     if not rows:
