@@ -31,6 +31,7 @@ lint:
 
 bench: setup  ## benchmarks print ratios measured in one run
 	$(PY) bench/loss_memory.py
+	$(PY) bench/throughput.py
 	$(PY) bench/alignment.py
 	$(PY) bench/api_load.py
 	$(PY) bench/quality.py

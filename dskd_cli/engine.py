@@ -163,13 +163,14 @@ def toy(
     out: Annotated[
         Path, typer.Option(help="Directory of the toy world (reused when it is already built).")
     ] = Path("toy_world"),
-    size: Annotated[str, typer.Option(help="full (demo) or fast (tests).")] = "full",
+    size: Annotated[str, typer.Option(help="fast (tests and the demo) or full (the benchmark).")] = "full",
     seed: Annotated[int, typer.Option(help="Seed of the data and of the models' training.")] = 0,
     threads: Annotated[
         int | None, typer.Option(help="torch threads for the build (default: every core).")
     ] = None,
 ) -> None:
-    """Build the toy world: a trained teacher, two untrained students (same and other vocabulary) and data."""
+    """Build the toy world: a pretrained + instruction-tuned teacher, two pretrained students (same and other
+    vocabulary), a pretraining corpus and instruction data (docs/toy-world.md)."""
     if size not in {"full", "fast"}:
         raise fail(f"--size must be 'full' or 'fast', not '{size}'")
     from dskd_core.toy import build_toy_world

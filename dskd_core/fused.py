@@ -7,8 +7,8 @@ projections of them, `W_i [V_i, d_i]` a head) and returns sums over positions. `
 - rows are taken `chunk_rows` at a time; each head's chunk logits are written by one matmul into a buffer that
   is reused for every chunk (a fresh multi-hundred-MB tensor per chunk costs page faults, on CPU as much time as
   the arithmetic on it);
-- the loss function runs on `block_rows`-row slices of those buffers under a local autograd pass (or a
-  hand-written gradient, `losses/kernels.py`), so its intermediates (softmaxes, log-probabilities, products,
+- the loss function runs on `block_rows`-row slices of those buffers under a local autograd pass (or any
+  `BlockLoss` that writes its own gradient), so its intermediates (softmaxes, log-probabilities, products,
   autograd's saved tensors) exist for a few rows only; the gradient w.r.t. the logits is written back into the
   buffer in place;
 - the buffer (now ∂loss/∂z_i) is folded at once into ∂/∂x_i (`G · W_i`) and ∂/∂W_i (`+= G^T · x_i`).
@@ -45,7 +45,8 @@ class BlockLoss:
 
     `logits[i]` is head i's fp32 `[b, V_i]` block (a view of the chunk buffer); for every i with `wants[i]` the
     call replaces it in place by ∂(weights · sums)/∂logits[i]. `extras` are the blocks of the other per-row
-    tensors. Subclasses: `AutogradBlock` (any function, differentiated by autograd) and `losses.kernels`.
+    tensors. Subclass: `AutogradBlock` (any function, differentiated by autograd); a hand-written gradient is
+    another subclass.
     """
 
     def __call__(
@@ -190,7 +191,7 @@ def fused_sum(
     """`(weights · sums, sums)` where `sums = Σ_rows loss(z_1, …, z_h, *extras)` over the heads' logits.
 
     `loss` is either a plain `fn(*logits, *extras) -> sums [k]` (differentiated by autograd one block at a time)
-    or a `BlockLoss` (`losses.kernels`). Every head's hidden states and every extra
+    or a `BlockLoss`. Every head's hidden states and every extra
     share dim 0 (the N positions). Gradients reach the heads' hidden states and weights (those that require
     one); extras (labels, masks, teacher-side tensors) are constants. `block_rows` defaults to a block of
     `BLOCK_ELEMENTS` logits over all heads.

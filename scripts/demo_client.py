@@ -1,14 +1,15 @@
 """The demo's client side, written with the project's Python client (`dskd_client`) as a user would.
 
-Uploads the toy world's training data, submits a DSKD job (models by path under the service's models root),
-follows its progress live, downloads the distilled student (resumable, sha256-checked), loads it with plain
-`transformers` and lets it answer a few held-out prompts. Used by `make demo` (scripts/demo.sh).
+Uploads the toy world's training data (the student's small instruction set), submits a DSKD job (models by path
+under the service's models root) and an SFT job with the same budget for contrast, follows the DSKD job live,
+downloads both students (resumable, sha256-checked), loads them with plain `transformers` and puts them next to
+the teacher on a fixed sample of held-out test prompts: every answer with its Rouge-L (`dskd_core.evaluate`), the
+means, and the distilled student's ratio to the teacher. Used by `make demo` (scripts/demo.sh).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tarfile
 import time
@@ -34,13 +35,20 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
     sys.exit("the service did not become ready in time (see the server log above)")
 
 
-def job_spec(world: Path, dataset_id: str, steps: int) -> dict[str, Any]:
-    """The world's demo spec, pointed at the uploaded dataset and the models under the models root."""
+def job_spec(world: Path, dataset_id: str, steps: int | None, method: str | None = None) -> dict[str, Any]:
+    """The world's demo spec (its method and budget, chosen on dev), pointed at the uploaded dataset and the models
+    under the models root; `method` swaps the method and keeps the budget."""
     demo = yaml.safe_load((world / "demo.yaml").read_text())
     training = dict(demo.get("training", {}))
-    training.update(max_steps=steps, eval_interval=max(steps // 3, 1), checkpoint_interval=max(steps // 3, 1))
-    return {
-        "name": "demo: toy teacher → student with DSKD",
+    if steps is not None:
+        training["max_steps"] = steps
+    total = int(training.get("max_steps") or 1)
+    training.update(eval_interval=max(total // 3, 1), checkpoint_interval=max(total // 3, 1))
+    distill = dict(demo.get("distill", {"method": "dskd"}))
+    if method is not None:
+        distill = {"method": method}
+    spec = {
+        "name": f"demo: toy teacher → student with {distill['method']}",
         "teacher": {"name_or_path": "teacher"},
         "student": {"name_or_path": "student"},
         "data": {
@@ -49,9 +57,12 @@ def job_spec(world: Path, dataset_id: str, steps: int) -> dict[str, Any]:
             "dev_ratio": 0.05,
             "dev_max_examples": 200,
         },
-        "distill": demo.get("distill", {"method": "dskd"}),
+        "distill": distill,
         "training": training,
     }
+    if distill["method"] == "sft":
+        del spec["teacher"]  # SFT learns from the references only: no teacher to load
+    return spec
 
 
 def show(event: Event) -> None:
@@ -74,22 +85,58 @@ def show(event: Event) -> None:
         print(f"  {payload['message']}", flush=True)
 
 
-def answer(export_dir: Path, world: Path, n: int = 3) -> None:
-    """Loads the downloaded student with plain transformers and answers held-out prompts greedily."""
+def download_student(client: Client, job_id: str, out: Path) -> Path:
+    """The job's student.tar, downloaded and unpacked; returns the directory AutoModelForCausalLM loads."""
+    out.mkdir(parents=True, exist_ok=True)
+    tar_path = client.artifacts.download(job_id, "student.tar", out)
+    entry = client.artifacts.get(job_id, "student.tar")
+    print(f"  {tar_path} ({entry.size_bytes / 1e6:.1f} MB, sha256 {entry.sha256[:12]}… verified)")
+    export_dir = out / "student"
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(export_dir, filter="data")
+    return next(p.parent for p in export_dir.rglob("config.json"))
+
+
+def compare(models: dict[str, Path], world: Path, n: int, target: float = 0.8) -> float:
+    """Greedy answers of every model on a fixed, task-balanced sample of held-out test prompts, with Rouge-L.
+
+    Prints each prompt with each model's answer and score, then the means and the first student's ratio to the
+    teacher (the first entry of `models`). Returns that ratio.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(export_dir)
-    model = AutoModelForCausalLM.from_pretrained(export_dir).eval()
+    from dskd_core.evaluate import evaluate_model
+    from dskd_core.spec import EvalSpec
+    from dskd_core.toy.tasks import balanced_sample, read_jsonl
+
     template = yaml.safe_load((world / "demo.yaml").read_text())["data"].get("prompt_template", "{prompt}")
-    records = [json.loads(line) for line in (world / "test.jsonl").read_text().splitlines()[:n]]
-    for record in records:
-        prompt = template.format(prompt=record["prompt"]) if "{prompt}" in template else record["prompt"]
-        ids = tokenizer(prompt, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        reply = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        print(
-            f"\n  prompt:    {record['prompt'].strip()}\n  student:   {reply}\n  reference: {record['response'].strip()}"
-        )
+    sample = balanced_sample(read_jsonl(world / "test.jsonl"), n)
+    rendered = [{**r, "prompt": template.format(prompt=r["prompt"])} for r in sample]
+    settings = EvalSpec(do_sample=False, max_new_tokens=48, no_repeat_ngram_size=0, batch_size=32)
+    results = {}
+    for name, path in models.items():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        results[name] = evaluate_model(model, tokenizer, rendered, settings=settings, keep_generations=True)
+    width = max(len(name) for name in models)
+    for i, record in enumerate(sample):
+        print(f"\n  [{record['task']}] {record['prompt']!r}")
+        for name, result in results.items():
+            gen = (result.generations or [])[i]
+            print(f"    {name:<{width}}  {gen.rougeL:5.1f}  {gen.prediction.strip()!r}")
+    teacher, student = list(results)[:2]
+    means = {name: r.rougeL.mean for name, r in results.items()}
+    ratio = means[student] / means[teacher] if means[teacher] > 0 else float("nan")
+    print(
+        f"\n== mean Rouge-L on {len(sample)} held-out test prompts (greedy): "
+        + ", ".join(f"{name} {value:.1f}" for name, value in means.items())
+    )
+    verdict = "reaches" if ratio >= target else "does NOT reach"
+    print(
+        f"== the {student} student scores {ratio:.2f}× the teacher's Rouge-L: it {verdict} the demo's target of "
+        f"{target:.1f}×"
+    )
+    return ratio
 
 
 def main() -> None:
@@ -97,22 +144,33 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--world", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Optimizer steps (default: the world's demo.yaml)."
+    )
+    parser.add_argument("--sft", action=argparse.BooleanOptionalAction, default=True, help="Also train SFT.")
+    parser.add_argument("--sample", type=int, default=30, help="Held-out test prompts in the comparison.")
     parser.add_argument("--out", type=Path, default=Path("runs/demo-service"))
     args = parser.parse_args()
 
     wait_ready(args.url)
+    students: dict[str, Path] = {}
     try:
         with Client(args.url, args.key, timeout=60) as client:
-            print("== uploading the training data")
+            print("== uploading the student's training data")
             dataset = client.datasets.upload(args.world / "train.jsonl")
             print(f"  dataset {dataset.id}: {dataset.row_count} rows")
 
-            print(f"== submitting a DSKD job ({args.steps} steps)")
-            job = client.jobs.create(job_spec(args.world, dataset.id, args.steps))
+            spec = job_spec(args.world, dataset.id, args.steps)
+            method, steps = spec["distill"]["method"], spec["training"]["max_steps"]
+            print(f"== submitting a {method} job ({steps} steps, distill: {spec['distill']})")
+            job = client.jobs.create(spec)
             print(f"  job {job.id}: {job.status} (dashboard: {args.url}/ui/#/jobs/{job.id})")
+            sft_job = None
+            if args.sft:
+                sft_job = client.jobs.create(job_spec(args.world, dataset.id, args.steps, method="sft"))
+                print(f"  and an SFT job with the same budget for contrast: {sft_job.id} (queued behind it)")
 
-            print("== following its progress (Server-Sent Events)")
+            print(f"== following the {method} job (Server-Sent Events)")
             job = client.jobs.wait(job.id, on_event=show)
             if job.status != "succeeded":
                 sys.exit(f"the job ended {job.status}: {job.error}")
@@ -124,23 +182,23 @@ def main() -> None:
                     f"== student dev loss: {dev.values[0]:.3f} before → {dev.values[-1]:.3f} after"
                     + (f" (teacher {teacher.values[0]:.3f})" if teacher and teacher.values else "")
                 )
-
-            print("== downloading the distilled student")
-            args.out.mkdir(parents=True, exist_ok=True)
-            tar_path = client.artifacts.download(job.id, "student.tar", args.out)
-            tar_entry = client.artifacts.get(job.id, "student.tar")
-            print(
-                f"  {tar_path} ({tar_entry.size_bytes / 1e6:.1f} MB, sha256 {tar_entry.sha256[:12]}… verified)"
-            )
+            print(f"== downloading the {method} student")
+            students[method] = download_student(client, job.id, args.out / method)
+            if sft_job is not None:
+                print("== waiting for the SFT job")
+                sft_job = client.jobs.wait(sft_job.id)
+                if sft_job.status == "succeeded":
+                    students["sft"] = download_student(client, sft_job.id, args.out / "sft")
+                else:
+                    print(f"  the SFT job ended {sft_job.status}: {sft_job.error} (shown without it)")
     except ApiError as e:
         sys.exit(f"the service refused: {e}")
 
-    export_dir = args.out / "student"
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(export_dir, filter="data")
-    root = next(p.parent for p in export_dir.rglob("config.json"))
-    print(f"== the student loads with AutoModelForCausalLM.from_pretrained('{root}') and answers:")
-    answer(root, args.world)
+    print(
+        f"== the students load with AutoModelForCausalLM.from_pretrained('{students[method]}'); "
+        "next to the teacher on held-out prompts:"
+    )
+    compare({"teacher": args.world / "teacher", **students}, args.world, args.sample)
 
 
 if __name__ == "__main__":

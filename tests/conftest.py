@@ -56,10 +56,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def toy_world(request: pytest.FixtureRequest):
-    """The "fast" toy world (teacher, students, splits), built once and cached across runs.
+    """The "fast" toy world (pretrained and instruction-tuned teacher, pretrained students, splits), built once and
+    cached across runs.
 
     The cache lives in pytest's cache dir (`.pytest_cache/d/toy_world`): a repeated local run reuses it, a clean
-    CI checkout builds it before the first test (`pytest_collection_finish`).
+    CI checkout builds it before the first test (`pytest_collection_finish`; a few minutes on 2 CPU cores).
     """
     built = getattr(request.config, "_dskd_toy_world", None)
     if built is not None:

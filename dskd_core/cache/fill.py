@@ -52,16 +52,21 @@ class CachedTeacher:
     def attach(self, batch: dict[str, torch.Tensor], split: str, indices: Sequence[int]) -> None:
         """Add "teacher_hidden" to a collated batch of the dataset examples `indices` of `split`."""
         labels = batch["teacher_labels"] if "teacher_labels" in batch else batch["labels"]
-        out = torch.zeros(*labels.shape, self.hidden_size, dtype=self.output_dtype)
+        valid = labels != IGNORE_INDEX
+        counts = valid.sum(-1).tolist()
+        rows = []
         for b, j in enumerate(indices):
             location = self.where[split][j]
-            rows = self.readers[location.shard].rows(location.item)
-            positions = torch.nonzero(labels[b] != IGNORE_INDEX).squeeze(-1)
-            if rows.shape[0] != positions.numel():
+            rows.append(self.readers[location.shard].rows(location.item))
+            if rows[-1].shape[0] != counts[b]:
                 raise RuntimeError(
                     f"teacher cache {self.entry.key}: example {j} of {split} has the wrong row count"
                 )
-            out[b, positions] = rows.to(self.output_dtype)
+        out = torch.zeros(*labels.shape, self.hidden_size, dtype=self.output_dtype)
+        if (
+            rows
+        ):  # one scatter for the batch: row order of `valid` is example by example, position by position
+            out[valid] = torch.cat(rows).to(self.output_dtype)
         batch[HIDDEN_KEY] = out
 
 

@@ -1,8 +1,13 @@
 """Task families of the toy world and a seeded generator of instruction records.
 
-Some families are deterministic (one right answer), others admit several right answers: each training record
-shows one of them, so a teacher trained on many records spreads probability over all of them, which is what KD
-can transfer and SFT cannot. Every record keeps all its correct answers in `references`.
+Some families are deterministic (one right answer), others admit several right answers drawn with a skewed,
+learnable distribution (category members follow a Zipf law over a fixed ranking, joined sentences prefer one word
+order): each training record shows one of them, so a teacher trained on many records learns the whole distribution,
+which is what KD can transfer and SFT on a few records cannot. Every record keeps all its correct answers in
+`references`.
+
+`pretraining_corpus` writes generic text in the same language (facts, category members, synonyms, numbers, plain
+sentences) without the instruction format: the models' pretraining data.
 
 Each family draws *items* (the inputs that define a question). An item's key is hashed into one of three pools,
 so the test split's items (and the dev split's) never occur in any training split.
@@ -96,15 +101,29 @@ class Item:
     key: str
     prompt: str
     references: tuple[str, ...]
+    weights: tuple[float, ...] | None = (
+        None  # how often training records show each reference (None: uniformly)
+    )
+
+
+# Small numbers (digits are single tokens): small models learn these tasks instead of memorising a few answers.
+ADD_MAX = 10  # operands of `add` are single digits
+DIGITS = range(10)  # `sort` and `pick` work on distinct digits
+ZIPF_EXPONENT = 1.2
+
+
+def zipf_weights(n: int, exponent: float = ZIPF_EXPONENT) -> tuple[float, ...]:
+    """Weights of ranks 1..n under a Zipf law (not normalised)."""
+    return tuple(1.0 / (rank**exponent) for rank in range(1, n + 1))
 
 
 def _add(rng: random.Random) -> Item:
-    a, b = rng.randrange(100), rng.randrange(100)
+    a, b = rng.randrange(ADD_MAX), rng.randrange(ADD_MAX)
     return Item("add", f"{a}+{b}", f"What is {a} + {b}?", (str(a + b),))
 
 
 def _sort(rng: random.Random) -> Item:
-    nums = rng.sample(range(100), rng.randint(3, 5))
+    nums = rng.sample(DIGITS, rng.randint(3, 5))
     answer = "\t".join(map(str, sorted(nums)))
     return Item(
         "sort",
@@ -151,14 +170,18 @@ def _facts(rng: random.Random) -> Item:
 
 
 def _category(rng: random.Random) -> Item:
+    # Members are ranked by their place in CATEGORIES; answers follow a Zipf law over the ranks of those allowed.
     name = rng.choice(sorted(CATEGORIES))
     x, y = rng.sample(CATEGORIES[name], 2)
-    others = tuple(m for m in CATEGORIES[name] if m not in (x, y))
+    ranked = CATEGORIES[name]
+    weights = zipf_weights(len(ranked))
+    allowed = [(m, w) for m, w in zip(ranked, weights, strict=True) if m not in (x, y)]
     return Item(
         "category",
         f"{name}:{x},{y}",
         f"Name {'an' if name[0] in 'aeiou' else 'a'} {name} other than {x} and {y}.",
-        others,
+        tuple(m for m, _ in allowed),
+        tuple(w for _, w in allowed),
     )
 
 
@@ -169,13 +192,35 @@ def _synonym(rng: random.Random) -> Item:
     def say(word: str) -> str:
         return template.format(Noun=noun[0].upper() + noun[1:], noun=noun, adj=word)
 
-    refs = tuple(say(w) for w in group if w != adj)
-    return Item("synonym", f"{template}|{noun}|{adj}", "Say it with another word: " + say(adj), refs)
+    kept = [(w, weight) for w, weight in zip(group, zipf_weights(len(group)), strict=True) if w != adj]
+    return Item(
+        "synonym",
+        f"{template}|{noun}|{adj}",
+        "Say it with another word: " + say(adj),
+        tuple(say(w) for w, _ in kept),
+        tuple(weight for _, weight in kept),
+    )
+
+
+JOIN_ADJECTIVES = tuple(w for group in SYNONYMS for w in group)
+
+
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def _join(rng: random.Random) -> Item:
+    """Two sentences into one: three valid word orders, the first one most common."""
+    a, b = rng.sample(NOUNS, 2)
+    adj = rng.choice(JOIN_ADJECTIVES)
+    refs = (f"{_cap(a)} and {b} are {adj}.", f"{_cap(b)} and {a} are {adj}.", f"Both {a} and {b} are {adj}.")
+    prompt = f"Join the sentences: {_cap(a)} is {adj}. {_cap(b)} is {adj}."
+    return Item("join", f"{a}|{b}|{adj}", prompt, refs, (0.6, 0.25, 0.15))
 
 
 def _pick(rng: random.Random) -> Item:
-    threshold = rng.choice((30, 50, 70))
-    above = rng.sample(range(threshold + 1, 100), rng.randint(2, 3))
+    threshold = rng.choice((3, 4, 5, 6))
+    above = rng.sample(range(threshold + 1, 10), rng.randint(1, min(3, 9 - threshold)))
     below = rng.sample(range(threshold + 1), rng.randint(2, 3))
     nums = above + below
     rng.shuffle(nums)
@@ -194,6 +239,7 @@ TASKS: dict[str, Callable[[random.Random], Item]] = {
     "category": _category,
     "synonym": _synonym,
     "pick": _pick,
+    "join": _join,
 }
 
 
@@ -225,7 +271,7 @@ def generate(
             if item_pool(task, item.key, seed) == pool:
                 break
         # One of the correct answers shown per record; all of them kept for evaluation.
-        response = rng.choice(item.references)
+        response = rng.choices(item.references, weights=item.weights)[0]
         records.append(
             {
                 "prompt": item.prompt,
@@ -237,6 +283,68 @@ def generate(
         )
     rng.shuffle(records)
     return records
+
+
+def _article(word: str) -> str:
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+def _sentence(rng: random.Random) -> str:
+    """One sentence of generic text about the toy world (no instruction, no answer format)."""
+    kind = rng.randrange(9)
+    if kind == 0:
+        p = rng.choice(PEOPLE)
+        f = FACTS[p]
+        return rng.choice((f"{p} lives in {f['city']}.", f"{p} has a {f['pet']}.", f"{p} wears {f['sign']}."))
+    if kind == 1:
+        name = rng.choice(sorted(CATEGORIES))
+        members = rng.sample(CATEGORIES[name], 3)
+        return rng.choice(
+            (
+                f"{_cap(members[0])} is {_article(name)} {name}.",
+                f"Some of each {name}: {members[0]}, {members[1]} and {members[2]}.",
+            )
+        )
+    if kind == 2:
+        group = rng.choice(SYNONYMS)
+        x, y = rng.sample(group, 2)
+        return rng.choice((f"{_cap(x)} means {y}.", f"Something {x} is {y}."))
+    if kind == 3:
+        noun, adj = rng.choice(NOUNS), rng.choice(JOIN_ADJECTIVES)
+        return rng.choice(SENTENCES).format(Noun=_cap(noun), noun=noun, adj=adj)
+    if kind == 4:
+        # The addition table is general knowledge, like the facts: the corpus states every sum; the instruction
+        # question "What is a + b?" of a held-out item still occurs in no instruction split.
+        a, b = rng.randrange(ADD_MAX), rng.randrange(ADD_MAX)
+        return rng.choice((f"{a} plus {b} is {a + b}.", f"{a} + {b} = {a + b}."))
+    if kind == 5:
+        start = rng.randrange(10)
+        count = " ".join(str(n) for n in range(start, start + rng.randint(3, 6)))
+        x, y = sorted(rng.sample(DIGITS, 2))
+        return rng.choice((f"Counting: {count}.", f"{y} is more than {x}.", f"{x} is less than {y}."))
+    if kind == 6:
+        words = rng.sample(WORDS, rng.randint(2, 3))
+        return rng.choice(
+            (
+                f"{_cap(' and '.join(words))}.",
+                f"{' '.join(words).upper()} is {' '.join(words)} in capitals.",
+            )
+        )
+    if kind == 7:
+        a, b = rng.sample(NOUNS, 2)
+        adj = rng.choice(JOIN_ADJECTIVES)
+        return f"{_cap(a)} and {b} are {adj}."
+    return f"In {rng.choice(CITIES)} the {rng.choice(WORDS)} is {rng.choice(JOIN_ADJECTIVES)}."
+
+
+def pretraining_corpus(n: int, *, seed: int, stream: int) -> list[str]:
+    """`n` short documents of generic text (3 to 6 sentences each), seeded; `stream` separates held-out text."""
+    rng = random.Random(f"toy-corpus:{seed}:{stream}")
+    docs = []
+    for _ in range(n):
+        sentences = [_sentence(rng) for _ in range(rng.randint(3, 6))]
+        docs.append((" " if rng.random() < 0.7 else "\n").join(sentences))
+    return docs
 
 
 def balanced_sample(records: list[Record], n: int) -> list[Record]:

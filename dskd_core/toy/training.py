@@ -1,4 +1,5 @@
-"""A compact, seeded cross-entropy loop that trains the toy teacher, and the checks that tell whether it learned.
+"""A compact, seeded cross-entropy loop that pretrains the toy models and instruction-tunes the teacher, and the
+checks that tell whether they learned.
 
 Batches follow the engine's convention (docs/design.md): labels are already shifted, `labels[b, t]` is the token
 position `t` predicts when that token belongs to the response (EOS included), else -100.
@@ -35,6 +36,12 @@ def encode(record: Record, tokenizer) -> Encoded:
     return Encoded(prompt + response + [tokenizer.eos_token_id], len(prompt))
 
 
+def encode_text(text: str, tokenizer, max_tokens: int = 128) -> Encoded:
+    """A pretraining document: BOS, the text, EOS; every token after BOS is a target (cut to `max_tokens`)."""
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+    return Encoded([*ids[: max_tokens - 1], tokenizer.eos_token_id], 1)
+
+
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(e.ids) for e in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -60,6 +67,7 @@ def response_loss_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tupl
 
 @torch.no_grad()
 def mean_response_loss(model: nn.Module, data: Sequence[Encoded], pad_id: int, batch_size: int = 64) -> float:
+    """Mean cross-entropy per target token (responses, or whole documents for `encode_text`); exp() is perplexity."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

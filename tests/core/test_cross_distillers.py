@@ -359,8 +359,10 @@ def test_cma_blockwise_equals_unblocked(pair):
         results.append((out.loss, torch.autograd.grad(out.loss, params), out.metrics))
     for loss, grads, metrics in results[:-1]:
         torch.testing.assert_close(loss, results[-1][0], rtol=1e-5, atol=1e-6)
+        # atol 1e-6 as for the loss: blocks sum in another order, and a pretrained student's gradients are not
+        # all far above float32 rounding (one element of 51,200 differed by 1.5e-7 with the toy world v4).
         for g, w in zip(grads, results[-1][1], strict=True):
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
         assert metrics["attention_entropy"] == pytest.approx(results[-1][2]["attention_entropy"], rel=1e-5)
 
 
