@@ -65,8 +65,8 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     cells = []
     for name, label in (
         ("teacher", "teacher"),
-        ("student", "untrained student"),
-        ("cross_student", "untrained cross student"),
+        ("student", "student before training"),
+        ("cross_student", "cross student before training"),
     ):
         r = refs.get(name)
         if r is None:
