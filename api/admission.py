@@ -106,6 +106,7 @@ class AdmissionMiddleware:
             )
             return
         released = False
+        admitted = time.monotonic()
 
         def release() -> None:
             nonlocal released
@@ -116,6 +117,12 @@ class AdmissionMiddleware:
         async def send_and_release(message: Message) -> None:
             if message["type"] == "http.response.start":
                 release()
+                # Where the time went (RFC-style Server-Timing): waiting for a turn, then being worked on.
+                timing = f"admit;dur={(admitted - started) * 1000:.1f}, app;dur={(time.monotonic() - admitted) * 1000:.1f}"
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"server-timing", timing.encode())],
+                }
             await send(message)
 
         try:

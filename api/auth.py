@@ -14,7 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SessionDep
 from api.errors import ProblemError
-from api.services.keys import create_api_key, find_active_key, revoke_api_key
+from api.key_cache import KeyCache
+from api.services.keys import create_api_key, find_active_key, hash_secret, revoke_api_key
 
 __all__ = [
     "BEARER",
@@ -57,9 +58,23 @@ def require_principal(
     token = credentials.credentials.strip()
     if not token:
         raise _unauthorized("the Authorization header must be 'Bearer <api key>'", "invalid_request")
+    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        key = find_active_key(session, token)
+        if key is None:
+            raise _unauthorized("the API key is invalid or revoked", "invalid_token")
+        return Principal(owner=key.owner, key_id=key.id)
+    # The version is read before the key: a revocation committed after this read changes it, so the cached
+    # entry written below is not trusted by any later request (api/key_cache.py).
+    version = cache.version.get()
+    key_hash = hash_secret(token)
+    hit = cache.get(key_hash, version)
+    if hit is not None:
+        return Principal(owner=hit[0], key_id=hit[1])
     key = find_active_key(session, token)
     if key is None:
         raise _unauthorized("the API key is invalid or revoked", "invalid_token")
+    cache.put(key_hash, key.owner, key.id, version)
     return Principal(owner=key.owner, key_id=key.id)
 
 

@@ -10,6 +10,9 @@ from celery import Celery
 from api.settings import Settings
 
 RUN_JOB_TASK = "dskd.run_job"
+# A queue no worker consumes, holding one message: when it is empty the broker has lost its queues (a Redis
+# restart without persistence, a flushed database), so the jobs still queued must be sent again.
+CANARY_QUEUE = "dskd.broker-canary"
 
 
 class JobQueue(Protocol):
@@ -48,6 +51,22 @@ class CeleryQueue:
         """Raise if the broker cannot be reached within timeout seconds."""
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+
+    def broker_lost(self, timeout: float = 2.0) -> bool:
+        """True when the broker no longer holds the canary message (it lost its queues since the last call,
+        or this is its first use); the canary is put back. Raises if the broker cannot be reached."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+            canary = conn.SimpleQueue(CANARY_QUEUE, serializer="json")
+            try:
+                # Declared (not passively): after a data loss the queue itself is gone; a new one holds nothing.
+                _, size, _ = canary.queue.queue_declare()
+                if size > 0:
+                    return False
+                canary.put({"canary": True})
+                return True
+            finally:
+                canary.close()
 
 
 def queue_from_settings(settings: Settings) -> JobQueue:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from api.db.session import PoolSettings, read_only_factory, session_factory, session_scope
+from api.key_cache import KeyCache
 from api.services.reaper import Reaper, ReaperThread
 from api.settings import Settings
 from api.streaming import EventHubs, StreamSettings
@@ -54,6 +55,7 @@ def configure(app: FastAPI, settings: Settings) -> None:
     app.state.session_factory = session_factory(settings.database_url, pool)
     app.state.read_session_factory = read_only_factory(settings.database_url, pool)
     app.state.event_hubs = event_hubs(settings, app.state.read_session_factory)
+    app.state.key_cache = KeyCache(app.state.read_session_factory) if settings.key_cache else None
 
 
 @asynccontextmanager
@@ -66,7 +68,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.api_reaper:
         sessions = functools.partial(session_scope, settings.database_url)
         reaper = ReaperThread(
-            Reaper(sessions, settings, app.state.queue.enqueue_job), settings.reaper_interval_seconds
+            Reaper(
+                sessions,
+                settings,
+                app.state.queue.enqueue_job,
+                broker_lost=getattr(app.state.queue, "broker_lost", None),
+            ),
+            settings.reaper_interval_seconds,
         )
         reaper.start()
     try:

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     sse_key_check_seconds: float = Field(
         2.0, gt=0, description="How soon a revoked key's open streams close."
     )
+    key_cache: bool = Field(
+        True,
+        description="Keep verified API keys in memory, re-validated against a shared read of the revocation "
+        "version (revocation still takes effect at once); off: one key lookup per request.",
+    )
     api_reaper: bool = Field(
         True, description="Run the reaper in the API process too (no live worker needed)."
     )

@@ -3,6 +3,8 @@ ports (nothing shared with the development services), a Celery worker and the AP
 
   worker-kill     SIGKILL of the process training a job (mid-run, after a checkpoint), N times
   broker-restart  Redis restarted (append-only file, as in docker-compose.yml) with one job running, more queued
+  broker-loss     Redis restarted with its data lost (no persistence) with one job running, more queued: the
+                  queued jobs' messages are gone and must be sent again (the reaper's canary check)
   db-restart      PostgreSQL restarted during training, N trials: does the attempt survive?
   serve-kill      `dskd serve` (embedded, SQLite) killed with -9 mid-job: no orphan worker, resume on restart
   disk-full       the runs directory on a tiny filesystem: the job fails as disk_full, no partial checkpoint
@@ -131,8 +133,12 @@ class Redis:
             self.proc.terminate()  # SIGTERM: redis flushes its append-only file and exits
             self.proc.wait(timeout=30)
 
-    def restart(self) -> None:
+    def restart(self, lose_data: bool = False) -> None:
         self.stop()
+        if lose_data:  # what a restart without persistence leaves: an empty server
+            for path in self.dir.rglob("*"):
+                if path.is_file():
+                    path.unlink()
         self.start()
 
 
@@ -300,6 +306,30 @@ def broker_restart(stack: Stack, redis: Redis, queued: int) -> Outcome:
     return outcome
 
 
+def broker_loss(stack: Stack, redis: Redis, queued: int) -> Outcome:
+    """Recovery: from the restart until the lost jobs are back in the broker's queue (or already claimed)."""
+    outcome = Outcome("broker-loss")
+    jobs = [stack.submit(steps=16) for _ in range(queued + 1)]
+    wait(lambda: stack.job(jobs[0])["status"] == "running", 300)
+    waiting = [j for j in jobs if stack.job(j)["status"] == "queued"]
+    outcome.notes.append(f"{len(waiting)} jobs queued when Redis lost its data")
+    redis.restart(lose_data=True)
+    restarted = time.monotonic()
+    import redis as redis_client
+
+    broker = redis_client.Redis(port=redis.port)
+
+    def back_in_queue() -> bool:
+        unclaimed = sum(stack.job(j)["status"] == "queued" for j in waiting)
+        return unclaimed == 0 or broker.llen("celery") >= unclaimed
+
+    if waiting and wait(back_in_queue, 900, interval=0.5):
+        outcome.recovery_s.append(time.monotonic() - restarted)
+    tally(stack, outcome, jobs, 1800)
+    outcome.notes.append(f"all jobs ended {time.monotonic() - restarted:.0f} s after the restart")
+    return outcome
+
+
 def db_restart(stack: Stack, pg: Postgres, trials: int) -> Outcome:
     outcome = Outcome("db-restart")
     jobs = []
@@ -428,7 +458,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3, help="worker kills and database restarts")
     parser.add_argument("--queued", type=int, default=3, help="queued jobs during the broker restart")
     args = parser.parse_args()
-    wanted = set(args.only or ["worker-kill", "broker-restart", "db-restart", "serve-kill", "disk-full"])
+    wanted = set(
+        args.only or ["worker-kill", "broker-restart", "broker-loss", "db-restart", "serve-kill", "disk-full"]
+    )
     from dskd_core.toy import build_toy_world
 
     world = build_toy_world(ROOT / ".pytest_cache" / "d" / "toy_world", size="fast", seed=0)
@@ -441,7 +473,7 @@ def main() -> None:
     stack = Stack(root / "svc", pg, redis, world)
     (root / "svc").mkdir()
     try:
-        if wanted & {"worker-kill", "broker-restart", "db-restart"}:
+        if wanted & {"worker-kill", "broker-restart", "broker-loss", "db-restart"}:
             stack.start()
         if "worker-kill" in wanted:
             results.append(worker_kill(stack, pg, args.trials))
@@ -449,6 +481,8 @@ def main() -> None:
             results.append(db_restart(stack, pg, args.trials))
         if "broker-restart" in wanted:
             results.append(broker_restart(stack, redis, args.queued))
+        if "broker-loss" in wanted:
+            results.append(broker_loss(stack, redis, args.queued))
         stack.stop()
         if "serve-kill" in wanted:
             results.append(serve_kill(root, world))

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -40,6 +41,11 @@ class LoadResult:
     sse_complete: int = 0
     sse_problems: list[str] = field(default_factory=list)
     sse_first_byte: list[float] = field(default_factory=list)
+    # From the API's Server-Timing header: seconds waiting for an admission slot, and being worked on.
+    admit: list[float] = field(default_factory=list)
+    app: list[float] = field(default_factory=list)
+    api_cpu_s: float | None = None  # CPU time the API process used (user + system) over the whole run
+    client_cpu_s: float = 0.0  # CPU time this process (the clients) used while driving the load
     seconds: float = 0.0
 
     @property
@@ -47,9 +53,8 @@ class LoadResult:
         return sum(n for status, n in self.statuses.items() if status >= 500)
 
     def summary(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-
-        def pct(p: float) -> float:
+        def pct(p: float, values: list[float] = self.latencies) -> float:
+            lat = sorted(values)
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else 0.0
 
         return {
@@ -58,12 +63,18 @@ class LoadResult:
             "5xx": self.server_errors,
             "transport_errors": len(self.errors),
             "latency_s": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
+            # The server's share (Server-Timing): the rest of a latency is the client, the connection and
+            # the event loop before the request reached the admission middleware.
+            "server_admit_wait_s": {"p50": pct(0.5, self.admit), "p95": pct(0.95, self.admit)},
+            "server_app_s": {"p50": pct(0.5, self.app), "p95": pct(0.95, self.app)},
             "sse_complete": self.sse_complete,
             "sse_problems": len(self.sse_problems),
             "sse_connect_p95_s": round(sorted(self.sse_first_byte)[int(0.95 * len(self.sse_first_byte))], 3)
             if self.sse_first_byte
             else None,
             "wall_s": round(self.seconds, 2),
+            "api_cpu_s": self.api_cpu_s,
+            "client_cpu_s": round(self.client_cpu_s, 2),
         }
 
 
@@ -71,10 +82,17 @@ class LoadResult:
 
 
 def start_server(
-    database_url: str, data_dir: Path, port: int, log_path: Path, *, access_log: bool = False
+    database_url: str,
+    data_dir: Path,
+    port: int,
+    log_path: Path,
+    *,
+    access_log: bool = False,
+    key_cache: bool = True,
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSKD_")}
     env.update(
+        DSKD_KEY_CACHE=str(key_cache).lower(),
         DSKD_DATABASE_URL=database_url,
         DSKD_BROKER_URL="memory://",  # messages go nowhere: this measures the API and the database
         DSKD_DATA_DIR=str(data_dir),
@@ -157,12 +175,20 @@ async def _request(client: httpx.AsyncClient, result: LoadResult, method: str, u
     try:
         response = await client.request(method, url, **kw)
         result.statuses[response.status_code] += 1
+        _server_timing(result, response.headers.get("server-timing", ""))
         if response.status_code >= 500:
             result.errors.append(f"{method} {url}: {response.status_code} {response.text[:200]}")
     except httpx.HTTPError as e:
         result.errors.append(f"{method} {url}: {type(e).__name__} {e}")
     finally:
         result.latencies.append(time.monotonic() - started)
+
+
+def _server_timing(result: LoadResult, header: str) -> None:
+    parts = dict(p.strip().split(";dur=", 1) for p in header.split(",") if ";dur=" in p)
+    if "admit" in parts and "app" in parts:
+        result.admit.append(float(parts["admit"]) / 1000)
+        result.app.append(float(parts["app"]) / 1000)
 
 
 async def _subscribe(
@@ -237,25 +263,38 @@ async def _drive(base_url: str, tenants: list[dict[str, str]], requests: int, ss
 
 
 def run(database_url: str, data_dir: Path, *, requests: int = 500, sse: int = 200, events: int = 5,
-        timeout: float = 120.0) -> LoadResult:  # fmt: skip
+        timeout: float = 120.0, key_cache: bool = True) -> LoadResult:  # fmt: skip
     """The whole scenario against a fresh API process; the database must be migrated already."""
     from tests.e2e.conftest import free_port
 
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    proc = start_server(database_url, data_dir, port, data_dir / "api.log")
+    proc = start_server(database_url, data_dir, port, data_dir / "api.log", key_cache=key_cache)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base_url, proc)
         tenants = seed(base_url, database_url)
+        spy = None
+        if os.environ.get(
+            "BENCH_PY_SPY"
+        ):  # a flame graph of the API process during the load: BENCH_PY_SPY=a.svg
+            spy = subprocess.Popen(
+                ["py-spy", "record", "-r", "50", "-p", str(proc.pid), "-o", os.environ["BENCH_PY_SPY"]]
+            )
         start = threading.Event()
         # Each job: queued (1), the writer's progress events, cancelled (the terminal event).
         writer = threading.Thread(
             target=write_events, args=(database_url, [t["job"] for t in tenants], events, start), daemon=True
         )
         writer.start()
+        cpu = time.process_time()
         result = asyncio.run(_drive(base_url, tenants, requests, sse, events, start, timeout))
+        result.client_cpu_s = time.process_time() - cpu
         writer.join(timeout=60)
+        result.api_cpu_s = _cpu_seconds(proc.pid)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+            spy.wait(timeout=60)
         return result
     finally:
         proc.terminate()
@@ -263,6 +302,14 @@ def run(database_url: str, data_dir: Path, *, requests: int = 500, sse: int = 20
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def main() -> None:
@@ -273,7 +320,11 @@ def main() -> None:
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--sse", type=int, default=200)
+    parser.add_argument(
+        "--no-key-cache", action="store_true", help="verify the API key in the database on every request"
+    )
     args = parser.parse_args()
+    options = {"requests": args.requests, "sse": args.sse, "key_cache": not args.no_key_cache}
     import tempfile
 
     from alembic import command
@@ -284,17 +335,23 @@ def main() -> None:
         if args.db == "sqlite":
             url = f"sqlite:///{Path(tmp) / 'dskd.db'}"
             command.upgrade(alembic_config(url), "head")
-            result = run(url, Path(tmp) / "data", requests=args.requests, sse=args.sse)
+            result = run(url, Path(tmp) / "data", **options)
         else:
             from tests.api.conftest import create_pg_database, drop_pg_database
 
             name, url = create_pg_database()
             try:
                 command.upgrade(alembic_config(url), "head")
-                result = run(url, Path(tmp) / "data", requests=args.requests, sse=args.sse)
+                result = run(url, Path(tmp) / "data", **options)
             finally:
                 drop_pg_database(name, url)
-    print(json.dumps({"db": args.db, "load": os.getloadavg()[0], **result.summary()}, indent=2))
+    summary = {
+        "db": args.db,
+        "key_cache": options["key_cache"],
+        "load": os.getloadavg()[0],
+        **result.summary(),
+    }
+    print(json.dumps(summary, indent=2))
     for line in (result.errors + result.sse_problems)[:10]:
         print("  ", line)
 

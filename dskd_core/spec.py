@@ -378,6 +378,13 @@ class TrainingSpec(_Strict):
     eval_interval: int | None = Field(
         None, ge=1, description="Dev-loss evaluation every N steps (and at the end)."
     )
+    eval_minutes: float | None = Field(
+        10.0,
+        gt=0.0,
+        description="Also evaluate the dev loss (no generation) when this many minutes passed since the last "
+        "evaluation (on by default, so a long run reports dev metrics as it goes; needs a dev set: "
+        "data.dev_ratio or data.dev_path); None turns the time rule off.",
+    )
     checkpoint_interval: int | None = Field(
         None, ge=1, description="Write a resumable checkpoint every N steps."
     )

@@ -17,12 +17,14 @@ _reaper: ReaperThread | None = None
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
     global _reaper
-    from api.queue import enqueue_job
+    from api.queue import enqueue_job, queue_from_settings
     from worker.tasks import session_factory_for
 
     settings = get_settings()
+    queue = queue_from_settings(settings)
     _reaper = ReaperThread(
-        Reaper(session_factory_for(settings), settings, enqueue_job), settings.reaper_interval_seconds
+        Reaper(session_factory_for(settings), settings, enqueue_job, broker_lost=queue.broker_lost),
+        settings.reaper_interval_seconds,
     )
     _reaper.start()
 

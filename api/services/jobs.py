@@ -192,6 +192,12 @@ def find_stale_jobs(
     return list(session.scalars(select(Job.id).where(or_(expired, forgotten)).order_by(Job.created_at)))
 
 
+def find_unclaimed_jobs(session: Session) -> list[str]:
+    """Queued jobs no worker holds, oldest first: what a broker that lost its queues must be sent again."""
+    query = select(Job.id).where(Job.status == S.queued, Job.lease_owner.is_(None)).order_by(Job.created_at)
+    return list(session.scalars(query))
+
+
 def mark_resent(session: Session, job_ids: list[str], now: datetime | None = None) -> None:
     """Record that these jobs were just re-sent to the queue (see `find_stale_jobs`)."""
     if job_ids:

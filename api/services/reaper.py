@@ -8,6 +8,10 @@ A holder is gone when its lease expired, when it ran on this machine and its pro
 after a kill), or when its heartbeat is older than `dead_worker_seconds` while this reaper could reach the
 database all that time (after an outage every holder gets that long to write its heartbeat again, so a
 database restart never takes a job away from a worker that is still running it).
+
+A broker that lost its queues (Redis restarted without persistence) is noticed by its missing canary message
+(`api.queue.CeleryQueue.broker_lost`): every job still queued and unclaimed is then sent again at once, instead
+of after `queued_resend_seconds`.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ class Reaper:
         settings: Settings,
         enqueue: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        broker_lost: Callable[[], bool] | None = None,
     ) -> None:
         self._sessions, self._settings, self._enqueue, self._clock = sessions, settings, enqueue, clock
+        self._broker_lost = broker_lost
         self._reachable_since: float | None = None
 
     def reap_once(self, now: datetime | None = None) -> dict[str, list[str]]:
@@ -71,12 +77,24 @@ class Reaper:
             requeued = job_service.find_stale_jobs(
                 session, now=now, queued_older_than=s.queued_resend_seconds
             )
+            if self._lost_queue():
+                lost = job_service.find_unclaimed_jobs(session)
+                requeued += [job_id for job_id in lost if job_id not in requeued]
             job_service.mark_resent(session, requeued, now=now)
         for job_id in requeued:
             self._enqueue(job_id)
         if released or requeued or ended["failed"] or ended["cancelled"]:
             log.info("reaper: released %s, re-queued %s, ended %s", released, requeued, ended)
         return {"released": released, "requeued": requeued, **ended}
+
+    def _lost_queue(self) -> bool:
+        if self._broker_lost is None:
+            return False
+        try:
+            return self._broker_lost()
+        except Exception:  # broker down: its queue is checked again on the next pass
+            log.warning("reaper: broker canary check failed", exc_info=True)
+            return False
 
 
 class ReaperThread(threading.Thread):

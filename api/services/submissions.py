@@ -1,6 +1,7 @@
 """Checks on a submitted JobSpec before it is stored, so a job that cannot run is refused with a 422 at once
 instead of failing in a worker: no user paths, models only under models_root or by hub id, the service's
-bounds on steps, epochs, lengths and batch sizes, and the tokenizer-pair rule of the method.
+bounds on steps, epochs, lengths and batch sizes, the tokenizer-pair rule of the method, and the student's LoRA
+target modules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.services.datasets import get_owned
+from api.services.lora_modules import lora_problem
 from api.services.tokenizer_pair import pair_problem
 from api.settings import Settings
 from dskd_core.spec import JobSpec
@@ -161,6 +163,10 @@ def check_submission(session: Session, spec: JobSpec, *, owner: str, settings: S
         model["name_or_path"] = ref.stored
         local[role] = ref.local_dir
     teacher_dir, student_dir = local.get("teacher"), local.get("student")
+    if student_dir is not None:
+        problem = lora_problem(spec.student.lora, student_dir)
+        if problem:
+            err(("student", "lora", "target_modules"), problem)
     if teacher_dir is not None and student_dir is not None:
         try:
             problem = pair_problem(spec.distill.method, teacher_dir, student_dir)

@@ -30,10 +30,12 @@ def after_step(run: Run, sink: ProgressSink, epoch_ended: bool) -> None:
     state, t, ev = run.state, run.spec.training, run.spec.evaluation
     if state.step >= run.total_steps:
         return
-    if t.eval_interval and state.step % t.eval_interval == 0:
+    if (t.eval_interval and state.step % t.eval_interval == 0) or eval_time_due(run):
         state.metrics = evaluate(run.setup, run.accelerator)
-        state.best_metric = best(state.best_metric, state.metrics["dev_ce"])
-        sink.emit(event("eval", run, state.metrics))
+        run.last_evaluated = time.monotonic()
+        if state.metrics:
+            state.best_metric = best(state.best_metric, state.metrics["dev_ce"])
+            sink.emit(event("eval", run, state.metrics))
     new_best = False
     if generation_due(ev.interval, state.step, epoch_ended):
         new_best = generation_eval(run, sink)
@@ -43,6 +45,19 @@ def after_step(run: Run, sink: ProgressSink, epoch_ended: bool) -> None:
     )
     if by_steps or by_time or new_best:
         save(run, sink, state.metrics)
+
+
+def eval_time_due(run: Run) -> bool:
+    """`training.eval_minutes` passed since the last dev evaluation. Every process takes the same decision (the
+    evaluation reduces across processes), so with several the clocks are combined: due when due on any."""
+    minutes = run.spec.training.eval_minutes
+    if minutes is None or run.setup.dev_set is None:
+        return False
+    due = time.monotonic() - run.last_evaluated >= 60 * minutes
+    if run.accelerator.num_processes > 1:
+        flag = torch.tensor([float(due)], device=run.accelerator.device)
+        due = bool(run.accelerator.reduce(flag, reduction="sum").item() > 0)
+    return due
 
 
 def save(run: Run, sink: ProgressSink, metrics: dict[str, float]) -> Path | None:

@@ -68,6 +68,7 @@ class Run:
     last_saved: float = field(
         default_factory=time.monotonic
     )  # when a checkpoint was last written (or the start)
+    last_evaluated: float = field(default_factory=time.monotonic)  # when the dev loss was last evaluated
 
     @property
     def total_steps(self) -> int:

@@ -123,3 +123,51 @@ def test_the_api_process_runs_a_reaper(settings, session: Session) -> None:
         while job.id not in queue.enqueued and time.monotonic() < deadline:
             time.sleep(0.05)
     assert queue.enqueued == [job.id]
+
+
+def test_queued_jobs_are_sent_again_at_once_when_the_broker_lost_its_queues(
+    session: Session, settings
+) -> None:
+    import os
+
+    import redis
+
+    from api.queue import CeleryQueue
+
+    db = int(os.environ.get("DSKD_TEST_REDIS_DB", "13"))
+    broker = redis.Redis(port=6379, db=db)
+    try:
+        broker.flushdb()
+    except redis.RedisError:
+        pytest.skip("needs Redis on 127.0.0.1:6379")
+    queue = CeleryQueue(f"redis://127.0.0.1:6379/{db}")
+    queued, running = _job(session), _job(session)
+    svc.claim_job(session, running.id, holder_id(), 600)
+    sent: list[str] = []
+    reaper = Reaper(session_scope_for(settings), settings, sent.append, broker_lost=queue.broker_lost)
+    assert settings.queued_resend_seconds >= 60  # the jobs are seconds old: only the canary can re-send them
+    assert reaper.reap_once()["requeued"] == [queued.id]  # a broker never seen: its canary is planted
+    assert reaper.reap_once()["requeued"] == [] and reaper.reap_once()["requeued"] == []
+    assert sent == [queued.id]
+    broker.flushdb()  # what a restart without persistence does to the queues
+    assert reaper.reap_once()["requeued"] == [queued.id]
+    assert reaper.reap_once()["requeued"] == []
+    assert sent == [queued.id, queued.id]
+    broker.flushdb()
+
+
+def test_a_broker_that_cannot_be_reached_does_not_stop_the_reaper(session: Session, settings) -> None:
+    job = _job(session)
+
+    def unreachable() -> bool:
+        raise ConnectionError("broker down")
+
+    settings.queued_resend_seconds = 0.001
+    time.sleep(0.01)
+    sent: list[str] = []
+    reaper = Reaper(session_scope_for(settings), settings, sent.append, broker_lost=unreachable)
+    assert reaper.reap_once()["requeued"] == [job.id] and sent == [job.id]  # the age rule still works
+
+
+def session_scope_for(settings):
+    return functools.partial(session_scope, settings.database_url)

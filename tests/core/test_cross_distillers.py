@@ -34,6 +34,13 @@ def make_spec(world, method: str, **distill) -> JobSpec:
     )
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    # Random projectors and samples come from the global generator: seeded per test, each test sees the same
+    # numbers in any order (mutation runs and pytest-randomly reorder tests).
+    torch.manual_seed(3)
+
+
 @pytest.fixture(scope="module")
 def pair(toy_world):
     from dskd_core.data.build import build_datasets
@@ -177,6 +184,10 @@ def test_mined_loss_hand_case(pair):
     ce, kd = 2 * math.log(2), 2 * math.log(2)
     assert out.loss.item() == pytest.approx((0.5 * ce + 0.5 * kd) / 2, rel=1e-5)
     assert out.metrics["align_ratio"] == pytest.approx(0.5)
+    # Both student top-1s are the gold tokens; at the aligned position it is also the remapped teacher's top-1
+    # (student 2); the unaligned position does not count for agreement.
+    assert out.metrics["acc"] == pytest.approx(1.0)
+    assert out.metrics["teacher_agreement"] == pytest.approx(0.5)
 
 
 # ---- independent references on the toy batch ---------------------------------------------------------------
@@ -312,7 +323,10 @@ def test_dskd_eta_ideal_init_fits_the_shared_rows(pair):
     residual = w_s @ x.T - w_t
     grad = w_s.T @ residual  # normal equations: zero at the least-squares solution
     assert grad.abs().max() < 1e-3 * w_s.abs().max() * w_t.abs().max() * len(s_ids)
-    assert "s2t.weight" in distiller.export_state()
+    # The exported s2t (Linear layout [d_t, d_s]) is the map the loss uses (rebuilt from the student's head).
+    exported = distiller.export_state()["s2t.weight"]
+    h = torch.randn(5, w_s.shape[1])
+    torch.testing.assert_close(h @ exported.T, distiller._s2t_map()(h))
 
 
 # ---- CMA ---------------------------------------------------------------------------------------------------
@@ -364,6 +378,25 @@ def test_cma_blockwise_equals_unblocked(pair):
         for g, w in zip(grads, results[-1][1], strict=True):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
         assert metrics["attention_entropy"] == pytest.approx(results[-1][2]["attention_entropy"], rel=1e-5)
+
+
+def test_cma_loss_weighs_its_terms(pair):
+    b = pair["batch"]
+    rate = 0.3
+    out = make(pair, "dskd_cma", kd_rate=rate)(b, tokens_of(b))
+    m = out.metrics
+    assert m["ce_t2s"] > 0  # every term counts: a sign error in any of them changes the loss
+    kd = m["kd_student_space"] + m["ce_t2s"] + m["kd_teacher_space"]
+    assert out.loss.item() == pytest.approx((1 - rate) * m["ce"] + rate * kd, rel=1e-5)
+    assert m["loss"] == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_a_student_head_smaller_than_its_tokenizer_is_refused(pair):
+    small = copy.deepcopy(pair["student"])
+    head = models.output_head(small)
+    head.weight = torch.nn.Parameter(head.weight.detach()[: len(pair["s_tok"]) - 1].clone())
+    with pytest.raises(ValueError, match=r"an output head has \d+ rows but the tokenizer has"):
+        make(pair, "uld", student=small)
 
 
 def test_cma_gradient_routing(pair):

@@ -169,3 +169,18 @@ def test_checkpoints_are_on_by_default_by_time(worker_settings, sessions, make_j
     assert tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions) == "succeeded"
     saved = [e.payload["step"] for e in events_of(sessions, job_id) if e.type == "checkpoint"]
     assert saved == [1, 2, 3]  # after every step but the last (the export follows it)
+
+
+def test_dev_evaluation_is_on_by_default_by_time(worker_settings, sessions, make_job, toy_world) -> None:
+    from dskd_core.spec import TrainingSpec
+
+    assert TrainingSpec().eval_interval is None and TrainingSpec().eval_minutes == 10.0
+    # No step interval: the time rule alone (made tiny here) evaluates the dev loss during the run.
+    spec = tiny_spec(toy_world, max_steps=4, eval_minutes=0.0001)
+    spec["data"]["dev_ratio"] = 0.2
+    job_id = make_job(spec)
+    assert tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions) == "succeeded"
+    evals = [e.payload for e in events_of(sessions, job_id) if e.type == "eval"]
+    # At the start (with the teacher's CE when there is one), after steps 1-3 by time, and at the end.
+    assert [e["step"] for e in evals] == [0, 1, 2, 3, 4]
+    assert all("dev_loss" in e["metrics"] and "rouge_l" not in e["metrics"] for e in evals)
