@@ -65,8 +65,8 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     cells = []
     for name, label in (
         ("teacher", "teacher"),
-        ("student", "untrained student"),
-        ("cross_student", "untrained cross student"),
+        ("student", "student before training"),
+        ("cross_student", "cross student before training"),
     ):
         r = refs.get(name)
         if r is None:
@@ -94,7 +94,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
                 method_label(row),
                 STUDENT_LABEL[row["student"]],
                 str(row["seeds"]),
-                str(row["epochs"]) if ok else "–",
+                f"{row['epochs']:g}" if ok else "–",
                 _pm(row.get("best_epoch")),
                 _pm(row.get("dev_rougeL")),
                 _pm(row.get("test_rougeL")),
@@ -112,7 +112,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def curve_table(summary: dict[str, Any], names: tuple[str, ...] = ("sft", "sft_cross")) -> str:
+def curve_table(
+    summary: dict[str, Any], names: tuple[str, ...] = ("sft", "sft_2x_epochs", "sft_cross")
+) -> str:
     """Dev Rouge-L (greedy, mean ± std over seeds) after each epoch, for the named rows."""
     rows = [r for r in summary["rows"] if r["name"] in names and r.get("curve")]
     if not rows:
@@ -199,7 +201,7 @@ def walltime_table(summary: dict[str, Any]) -> str:
         found = True
         kd, c = rows[source], compare(r, rows[source])
         lines.append(
-            f"| {source} | {kd['epochs']} | {kd['wall_s']:.0f} | {_pm(kd['test_rougeL'])} | {r['epochs']} | "
+            f"| {source} | {kd['epochs']:g} | {kd['wall_s']:.0f} | {_pm(kd['test_rougeL'])} | {r['epochs']:g} | "
             f"{r['wall_s']:.0f} | {_pm(r['test_rougeL'])} | {c['diff']:+.1f} | {c['pooled_std']:.1f} |"
         )
     return "\n".join(lines) if found else ""
