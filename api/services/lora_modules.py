@@ -15,154 +15,39 @@ from pathlib import Path
 from dskd_core.preflight import lora_target_message, unknown_lora_targets
 from dskd_core.spec import LoraSpec
 
+# The Llama layout (attention q/k/v/o, gated MLP, embeddings, head), shared by most decoder families.
+_LLAMA_LAYOUT = frozenset(
+    {"down_proj", "embed_tokens", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj"}
+)
+
 LORA_MODULES: dict[str, frozenset[str]] = {
     "bloom": frozenset(
         {"dense", "dense_4h_to_h", "dense_h_to_4h", "lm_head", "query_key_value", "word_embeddings"}
     ),
-    "cohere": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
+    "cohere": _LLAMA_LAYOUT,
     "falcon": frozenset(
         {"dense", "dense_4h_to_h", "dense_h_to_4h", "lm_head", "query_key_value", "word_embeddings"}
     ),
-    "gemma": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "gemma2": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "gemma3_text": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
+    "gemma": _LLAMA_LAYOUT,
+    "gemma2": _LLAMA_LAYOUT,
+    "gemma3_text": _LLAMA_LAYOUT,
     "gpt2": frozenset({"c_attn", "c_fc", "c_proj", "lm_head", "wpe", "wte"}),
     "gpt_neox": frozenset(
         {"dense", "dense_4h_to_h", "dense_h_to_4h", "embed_in", "lm_head", "query_key_value"}
     ),
     "gptj": frozenset({"fc_in", "fc_out", "k_proj", "lm_head", "out_proj", "q_proj", "v_proj", "wte"}),
-    "granite": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "llama": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "mistral": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
+    "granite": _LLAMA_LAYOUT,
+    "llama": _LLAMA_LAYOUT,
+    "mistral": _LLAMA_LAYOUT,
     "mixtral": frozenset({"embed_tokens", "k_proj", "lm_head", "o_proj", "q_proj", "v_proj"}),
-    "olmo": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "olmo2": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
+    "olmo": _LLAMA_LAYOUT,
+    "olmo2": _LLAMA_LAYOUT,
     "opt": frozenset(
         {"embed_positions", "embed_tokens", "fc1", "fc2", "k_proj", "lm_head", "out_proj", "q_proj", "v_proj"}
     ),
     "phi": frozenset({"dense", "embed_tokens", "fc1", "fc2", "k_proj", "lm_head", "q_proj", "v_proj"}),
     "phi3": frozenset({"down_proj", "embed_tokens", "gate_up_proj", "lm_head", "o_proj", "qkv_proj"}),
-    "qwen2": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
+    "qwen2": _LLAMA_LAYOUT,
     "qwen2_moe": frozenset(
         {
             "down_proj",
@@ -177,45 +62,9 @@ LORA_MODULES: dict[str, frozenset[str]] = {
             "v_proj",
         }
     ),
-    "qwen3": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "smollm3": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
-    "stablelm": frozenset(
-        {
-            "down_proj",
-            "embed_tokens",
-            "gate_proj",
-            "k_proj",
-            "lm_head",
-            "o_proj",
-            "q_proj",
-            "up_proj",
-            "v_proj",
-        }
-    ),
+    "qwen3": _LLAMA_LAYOUT,
+    "smollm3": _LLAMA_LAYOUT,
+    "stablelm": _LLAMA_LAYOUT,
     "starcoder2": frozenset(
         {"c_fc", "c_proj", "embed_tokens", "k_proj", "lm_head", "o_proj", "q_proj", "v_proj"}
     ),
