@@ -223,10 +223,9 @@ def test_the_teacher_beats_an_sft_student_trained_on_the_student_data(toy_world)
     q = toy_world.manifest["quality"]
     teacher, sft, pretrained = (q[f"{m}_dev_rougeL"]["all"] for m in ("teacher", "sft_student", "student"))
     assert teacher > sft + 10 > pretrained + 10, (teacher, sft, pretrained)
-    # The teacher does the number tasks (v3's teacher never learned add, sort and pick): sorting well, adding and
-    # picking in part (5 dev records each in the fast world's check, so a coarse bar).
-    numbers = [q["teacher_dev_rougeL"][task] for task in ("add", "sort", "pick")]
-    assert q["teacher_dev_rougeL"]["sort"] >= 80 and sum(numbers) / 3 >= 50, q["teacher_dev_rougeL"]
+    # The teacher does every family, the number tasks included (v3's teacher never learned add, sort and pick; v4's
+    # never learned pick): 5 dev records per family in the fast world's check, so a coarse bar per family.
+    assert min(q["teacher_dev_rougeL"].values()) >= 70, q["teacher_dev_rougeL"]
     splits = toy_world.manifest["splits"]
     assert splits["teacher_train"]["records"] >= 10 * splits["train"]["records"]
 
