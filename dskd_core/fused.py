@@ -31,7 +31,7 @@ from torch import Tensor
 # a small block (at V = 152k one row) stays in the core's cache across the loss's passes over it: one-row blocks
 # cost 15-25% less CPU time than 2**22-element ones at V = 152k (bench/loss_memory.py, design.md "Losses"). On
 # an accelerator each pass is a kernel launch, so blocks there are larger (ACCELERATOR_BLOCK_ELEMENTS).
-BLOCK_ELEMENTS = 2**18
+BLOCK_ELEMENTS = 2**20
 ACCELERATOR_BLOCK_ELEMENTS = 2**22
 
 

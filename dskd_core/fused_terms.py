@@ -49,32 +49,32 @@ class Terms:
         self.z = logits
         self.n_sums, self.name, self.temperature, self.params = n_sums, name, temperature, params
         self._slots: list[list[Tensor]] = [[] for _ in range(n_sums)]
-        self._top: dict[int, Tensor] = {}
+        self._top: dict[int, tuple[Tensor, Tensor]] = {}
 
     def argmax(self, head: int) -> Tensor:
         """Row-wise argmax of head `head`'s logits (the first maximal column, as `Tensor.argmax`)."""
-        if head not in self._top:
-            self._max(head)
-        return self._top[head]
+        return self._max(head)[1]
 
-    def _max(self, head: int) -> Tensor:
+    def _max(self, head: int) -> tuple[Tensor, Tensor]:
         # max(dim) gives argmax's index (the first maximal one) and the value, at a third of argmax's CPU cost.
-        values, index = self.z[head].detach().max(-1)
-        self._top[head] = index
-        return values
+        if head not in self._top:
+            self._top[head] = self.z[head].detach().max(-1)
+        return self._top[head]
 
     def count(self, slot: int, mask: Tensor) -> None:
         """`sums[slot] += mask.sum()` (a metric: no gradient)."""
-        self._add(slot, mask.sum().to(self.z[0].dtype))
+        self._slots[slot].append(mask.sum(dtype=self.z[0].dtype))
 
     def _add(self, slot: int, value: Tensor) -> None:
         self._slots[slot].append(value)
 
     def sums(self) -> Tensor:
         zero = torch.zeros((), dtype=self.z[0].dtype, device=self.z[0].device)
-        return torch.stack([sum(values, zero) if values else zero for values in self._slots])
+        return torch.stack([sum(v[1:], v[0]) if v else zero for v in self._slots])
 
-    def ce(self, slot: int, *, head: int, target: Tensor, ignore_index: int = IGNORE_INDEX) -> None:
+    def ce(self, slot: int, *, head: int, target: Tensor, ignore_index: int | None = IGNORE_INDEX) -> None:
+        """`sums[slot] += Σ_rows CE(z_head, target)`, rows whose target is `ignore_index` left out (None: every
+        target is a column, the caller's promise, which saves the masking)."""
         raise NotImplementedError
 
     def divergence(self, slot: int, *, q: int, p: int, mask: Tensor | None = None) -> None:
@@ -82,59 +82,82 @@ class Terms:
 
 
 class _AutogradTerms(Terms):
-    def ce(self, slot: int, *, head: int, target: Tensor, ignore_index: int = IGNORE_INDEX) -> None:
-        self._add(slot, F.cross_entropy(self.z[head], target, ignore_index=ignore_index, reduction="sum"))
+    def ce(self, slot: int, *, head: int, target: Tensor, ignore_index: int | None = IGNORE_INDEX) -> None:
+        ignore = IGNORE_INDEX if ignore_index is None else ignore_index
+        self._add(slot, F.cross_entropy(self.z[head], target, ignore_index=ignore, reduction="sum"))
 
     def divergence(self, slot: int, *, q: int, p: int, mask: Tensor | None = None) -> None:
         values = divergence_fn(
             self.name, self.z[q], self.z[p].detach(), temperature=self.temperature, **self.params
         )
         if mask is not None:
-            values = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+            values = torch.where(mask, values, 0.0)
         self._add(slot, values.sum())
 
 
-class _AnalyticTerms(Terms):
-    """Forward KL and CE from shared softmaxes; gradient contributions are collected and written by `write`."""
+# A row coefficient: one number for every row, or a `[b]` tensor.
+Coef = float | Tensor
 
-    def __init__(self, logits: list[Tensor], wants: list[bool], weights: Tensor, *args) -> None:
+
+class _AnalyticTerms(Terms):
+    """Forward KL and CE from shared softmaxes; gradient contributions are collected and written by `write`.
+
+    `weights` are the loss weights as floats (one per slot). Few, whole-block tensor operations: at a small
+    vocabulary (the toy world's) each one's fixed cost is what the step pays.
+    """
+
+    def __init__(self, logits: list[Tensor], wants: list[bool], weights: list[float], *args) -> None:
         super().__init__(logits, *args)
         self.wants, self.weights = wants, weights
         self._softmax: dict[tuple[int, float], tuple[Tensor, Tensor]] = {}
-        # Per head: (row coefficient [b], tensor [b, V]) products and (row coefficient, column) one-hots.
-        self._dense: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        self._onehot: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        # Per head: (row coefficient, tensor [b, V]) products and (row coefficient, column [b]) one-hots.
+        self._dense: dict[int, list[tuple[Coef, Tensor]]] = {}
+        self._onehot: dict[int, list[tuple[Coef, Tensor]]] = {}
 
     def _softmax_lse(self, head: int, tau: float) -> tuple[Tensor, Tensor]:
-        """softmax(z/τ) `[b, V]` and logsumexp(z/τ) `[b]`, once per head and temperature."""
+        """softmax(z/τ) `[b, V]` and logsumexp(z/τ) `[b]`, once per head and temperature.
+
+        At the argmax column softmax = exp(z_max/τ − lse) is its largest value (≥ 1/V, never underflows), so
+        lse = z_max/τ − log max softmax, exactly. A head whose argmax was asked for reads the max from it;
+        another takes two `amax` passes (together cheaper than one `max(dim)` on CPU).
+        """
         key = (head, tau)
         if key not in self._softmax:
             z = self.z[head]
-            top_value = self._max(head) if head not in self._top else None
-            zt = z if tau == 1.0 else z / tau
-            probs = torch.softmax(zt, -1)
-            top = self._top[head][:, None]
-            if top_value is None:
-                top_value = z.gather(1, top)[:, 0]
-            # At the argmax column softmax = exp(z_top/τ − lse) ≥ 1/V, so lse = z_top/τ − log of it, exactly.
-            lse = top_value / tau - probs.gather(1, top)[:, 0].log()
+            probs = torch.softmax(z if tau == 1.0 else z / tau, -1)
+            if head in self._top:
+                top_value, top = self._top[head]
+                at_top = probs.gather(1, top.unsqueeze(1)).squeeze(1)
+            else:
+                top_value, at_top = z.amax(-1), probs.amax(-1)
+            lse = (top_value if tau == 1.0 else top_value / tau) - at_top.log()
             self._softmax[key] = (probs, lse)
         return self._softmax[key]
 
-    def _grad(self, head: int, coef: Tensor, tensor: Tensor) -> None:
-        self._dense.setdefault(head, []).append((coef, tensor))
+    def _grad(self, head: int, coef: Coef, tensor: Tensor) -> None:
+        """∂/∂z_head += coef·tensor; a coefficient on a tensor already there (the softmax a CE and a KL at τ = 1
+        share) is added to the first one: one pass over the block less."""
+        dense = self._dense.setdefault(head, [])
+        for k, (other, seen) in enumerate(dense):
+            if seen is tensor:
+                dense[k] = (other + coef, seen)
+                return
+        dense.append((coef, tensor))
 
-    def ce(self, slot: int, *, head: int, target: Tensor, ignore_index: int = IGNORE_INDEX) -> None:
+    def ce(self, slot: int, *, head: int, target: Tensor, ignore_index: int | None = IGNORE_INDEX) -> None:
         probs, lse = self._softmax_lse(head, 1.0)
-        valid = target != ignore_index
-        safe = torch.where(valid, target, 0)
-        picked = self.z[head].gather(1, safe[:, None])[:, 0]
-        zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
-        self._add(slot, torch.where(valid, lse - picked, zero).sum())
+        if ignore_index is None:
+            valid, safe = None, target
+        else:
+            valid = target != ignore_index
+            safe = torch.where(valid, target, 0)
+        picked = lse - self.z[head].gather(1, safe.unsqueeze(1)).squeeze(1)
+        self._add(slot, (picked if valid is None else torch.where(valid, picked, 0.0)).sum())
         if self.wants[head]:
-            coef = torch.where(valid, self.weights[slot].to(lse.dtype), zero)
+            weight = self.weights[slot]
+            coef: Coef = weight if valid is None else valid * weight
             self._grad(head, coef, probs)
-            self._onehot.setdefault(head, []).append((-coef, safe))
+            self._onehot.setdefault(head, []).append((coef, safe))
 
     def divergence(self, slot: int, *, q: int, p: int, mask: Tensor | None = None) -> None:
         tau = float(self.temperature)
@@ -142,15 +165,13 @@ class _AnalyticTerms(Terms):
         p_probs, p_lse = self._softmax_lse(p, tau)
         # KL(p ‖ q) = Σ p·(log p − log q) = Σ p·(z_p − z_q)/τ − lse_p + lse_q   (Σ p = 1)
         cross = (self.z[p] - self.z[q]).mul_(p_probs).sum(-1)
-        values = cross / tau - p_lse + q_lse
-        zero = torch.zeros((), dtype=values.dtype, device=values.device)
+        values = (cross if tau == 1.0 else cross / tau).sub_(p_lse).add_(q_lse)
         if mask is not None:
-            values = torch.where(mask, values, zero)
+            values = torch.where(mask, values, 0.0)
         self._add(slot, values.sum())
         if self.wants[q]:
-            coef = (self.weights[slot] / tau).to(values.dtype).expand(values.shape)
-            if mask is not None:
-                coef = torch.where(mask, coef, zero)
+            weight = self.weights[slot] / tau
+            coef: Coef = weight if mask is None else mask * weight
             self._grad(q, coef, q_probs)
             self._grad(q, -coef, p_probs)
 
@@ -164,12 +185,19 @@ class _AnalyticTerms(Terms):
             if not dense:
                 z.zero_()
             for k, (coef, tensor) in enumerate(dense):
+                c = coef.unsqueeze(1) if isinstance(coef, Tensor) else coef
                 if k == 0:
-                    torch.mul(tensor, coef[:, None], out=z)
+                    torch.mul(tensor, c, out=z)
+                elif isinstance(c, Tensor):
+                    z.addcmul_(tensor, c)
                 else:
-                    z.addcmul_(tensor, coef[:, None])
+                    z.add_(tensor, alpha=c)
             for coef, column in self._onehot.get(head, []):
-                z.scatter_add_(1, column[:, None], coef[:, None])
+                index = column.unsqueeze(1)
+                if isinstance(coef, Tensor):
+                    z.scatter_add_(1, index, coef.neg().unsqueeze(1))
+                else:
+                    z.scatter_add_(1, index, torch.full(index.shape, -coef, dtype=z.dtype, device=z.device))
 
 
 class TermsBlock(BlockLoss):
@@ -203,6 +231,7 @@ class TermsBlock(BlockLoss):
 
         self._autograd = AutogradBlock(as_function)
         self._n_heads = 0
+        self._weights: tuple[Tensor, list[float]] | None = None
 
     def __call__(
         self, logits: list[Tensor], extras: list[Tensor], wants: list[bool], weights: Tensor
@@ -210,8 +239,11 @@ class TermsBlock(BlockLoss):
         if not self.analytic:
             self._n_heads = len(logits)
             return self._autograd(logits, extras, wants, weights)
+        # The weights as floats, once per fused_sum call (every block of a call gets the same tensor).
+        if self._weights is None or self._weights[0] is not weights:
+            self._weights = (weights, weights.tolist())
         with torch.no_grad():
-            terms = _AnalyticTerms(logits, wants, weights, self.n_sums, *self.options)
+            terms = _AnalyticTerms(logits, wants, self._weights[1], self.n_sums, *self.options)
             self.fn(terms, *extras)
             sums = terms.sums()
             terms.write()

@@ -107,15 +107,15 @@ class DSKDDistiller(Distiller):
 
         def chunk(t: Terms, y: torch.Tensor) -> None:
             # heads: 0 student, 1 teacher, 2 t2s (student space), 3 s2t (teacher space); sums as in _SUMS
-            teacher_top, t2s_top = t.argmax(1), t.argmax(2)
+            teacher_top, t2s_top, s2t_top = t.argmax(1), t.argmax(2), t.argmax(3)
             agree = t2s_top == teacher_top
-            t.ce(0, head=0, target=y)
+            t.ce(0, head=0, target=y, ignore_index=None)  # y: valid labels only
             t.divergence(1, q=0, p=2, mask=agree if v2 else None)
-            t.ce(2, head=2, target=teacher_top if v2 else y)
+            t.ce(2, head=2, target=teacher_top if v2 else y, ignore_index=None)
             t.divergence(3, q=3, p=1)
             t.count(4, t2s_top == y)
             t.count(5, agree)
-            t.count(6, t.argmax(3) == y)
+            t.count(6, s2t_top == y)
 
         scale = kd_scale(d)
         # loss = ((1 − r)·CE + r·(scale·(KD_stu + KD_tea) + CE_t2s)) / the step's token count

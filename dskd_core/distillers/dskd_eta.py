@@ -131,17 +131,17 @@ class DSKDETADistiller(CrossDistiller):
 
         def chunk(t: Terms, y: torch.Tensor, al: torch.Tensor) -> None:
             # heads: 0 student, 1 teacher, 2 t2s (student space), 3 s2t (teacher space); sums as in _SUMS
-            teacher_top, t2s_top = t.argmax(1), t.argmax(2)
+            teacher_top, t2s_top, s2t_top = t.argmax(1), t.argmax(2), t.argmax(3)
             mapped_top = vocab_map[teacher_top]  # −1 where the teacher's token has no student counterpart
             mapped = al & (mapped_top >= 0)
             agree = mapped & (t2s_top == mapped_top)
-            t.ce(0, head=0, target=y)
+            t.ce(0, head=0, target=y, ignore_index=None)  # y: valid labels only
             t.divergence(1, q=0, p=2, mask=agree if v2 else al)
             ce_rows = mapped if v2 else al
             t.ce(2, head=2, target=torch.where(ce_rows, mapped_top if v2 else y, IGNORE_INDEX))
             t.divergence(3, q=3, p=1, mask=al)
             for slot, count in enumerate(
-                [al, mapped, agree, al & (t2s_top == y), al & (t.argmax(3) == teacher_top)], start=4
+                [al, mapped, agree, al & (t2s_top == y), al & (s2t_top == teacher_top)], start=4
             ):
                 t.count(slot, count)
 
