@@ -28,9 +28,10 @@ import torch
 from torch import Tensor
 
 # Elements of all heads' logits in one block of rows: the loss function's intermediates scale with this. On CPU
-# a small block (at V = 152k one row) stays in the core's cache across the loss's passes over it: one-row blocks
-# cost 15-25% less CPU time than 2**22-element ones at V = 152k (bench/loss_memory.py, design.md "Losses"). On
-# an accelerator each pass is a kernel launch, so blocks there are larger (ACCELERATOR_BLOCK_ELEMENTS).
+# a small block stays in the core's cache across the loss's passes over it: at V = 152k (one row of DSKD's four
+# heads, three of vanilla KD's two) the loss took 12-16% less CPU time than with 2**22-element blocks
+# (bench/loss_memory.py); at small vocabularies each pass's fixed cost matters more, so the block is a budget,
+# not one row. On an accelerator each pass is a kernel launch: blocks there are larger.
 BLOCK_ELEMENTS = 2**20
 ACCELERATOR_BLOCK_ELEMENTS = 2**22
 
