@@ -27,8 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Elements of all heads' logits in one block of rows: the loss function's intermediates scale with this.
-BLOCK_ELEMENTS = 2**22
+# Elements of all heads' logits in one block of rows: the loss function's intermediates scale with this. On CPU
+# a small block stays in the core's cache across the loss's passes over it: at V = 152k (one row of DSKD's four
+# heads, three of vanilla KD's two) the loss took 12-16% less CPU time than with 2**22-element blocks
+# (bench/loss_memory.py); at small vocabularies each pass's fixed cost matters more, so the block is a budget,
+# not one row. On an accelerator each pass is a kernel launch: blocks there are larger.
+BLOCK_ELEMENTS = 2**20
+ACCELERATOR_BLOCK_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -92,16 +97,16 @@ class AutogradBlock(BlockLoss):
 
 
 class _Buffers:
-    """One reusable fp32 `[rows, V]` buffer per head for the chunk logits."""
+    """One reusable fp32 `[rows, V]` buffer per group of heads for the chunk logits."""
 
-    def __init__(self, rows: int, widths: Sequence[int], device: torch.device) -> None:
-        self.rows, self.widths, self.device = rows, list(widths), device
+    def __init__(self, rows: Sequence[int], widths: Sequence[int], device: torch.device) -> None:
+        self.rows, self.widths, self.device = list(rows), list(widths), device
         self._bufs: list[Tensor | None] = [None] * len(widths)
 
     def get(self, i: int, rows: int) -> Tensor:
         buf = self._bufs[i]
         if buf is None:
-            buf = torch.empty(self.rows, self.widths[i], dtype=torch.float32, device=self.device)
+            buf = torch.empty(self.rows[i], self.widths[i], dtype=torch.float32, device=self.device)
             self._bufs[i] = buf
         return buf[:rows]
 
@@ -116,19 +121,47 @@ class _Plan:
     need_grad: bool
 
 
+def _same_weight(a: Tensor, b: Tensor) -> bool:
+    """The same `[V, d]` tensor (or views of one with the same layout), e.g. a head and its `.detach()`."""
+    return (
+        a.device == b.device
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.data_ptr() == b.data_ptr()
+    )
+
+
+def _groups(ws: Sequence[Tensor]) -> list[list[int]]:
+    """Heads grouped by shared weight: one matmul computes a group's logits for a chunk (rows stacked), so a
+    weight is read once per chunk however many heads use it (DSKD: student and projected teacher on W_s)."""
+    groups: list[list[int]] = []
+    for i, w in enumerate(ws):
+        for g in groups:
+            if _same_weight(ws[g[0]], w):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
 def _run(plan: _Plan, xs: Sequence[Tensor], ws: Sequence[Tensor], extras: Sequence[Tensor]):
     n = xs[0].shape[0]
     device = xs[0].device
     grad_x_on = [plan.need_grad and x.requires_grad for x in xs]
     grad_w_on = [plan.need_grad and w.requires_grad for w in ws]
     wants = [gx or gw for gx, gw in zip(grad_x_on, grad_w_on, strict=True)]
-    # fp32 heads once per call (a no-op for fp32 weights), not once per chunk.
-    heads32 = [w.detach().float() for w in ws]
+    groups = _groups(ws)
+    # fp32 heads once per call and per distinct weight (a no-op for fp32 weights), not once per chunk.
+    group_w = [ws[g[0]].detach().float() for g in groups]
     grad_x = [
         torch.empty(n, x.shape[1], device=device) if on else None for x, on in zip(xs, grad_x_on, strict=True)
     ]
-    grad_w = [torch.zeros_like(w) if on else None for w, on in zip(heads32, grad_w_on, strict=True)]
-    buffers = _Buffers(min(plan.chunk_rows, max(n, 1)), [w.shape[0] for w in ws], device)
+    group_of = {i: k for k, g in enumerate(groups) for i in g}
+    grad_w = [torch.zeros_like(group_w[group_of[i]]) if on else None for i, on in enumerate(grad_w_on)]
+    chunk = min(plan.chunk_rows, max(n, 1))
+    buffers = _Buffers([chunk * len(g) for g in groups], [w.shape[0] for w in group_w], device)
     weights = plan.weights.to(device)
     total: Tensor | None = None
     # With N = 0 the block runs once on empty rows, so the sums have their length and are zero.
@@ -136,10 +169,14 @@ def _run(plan: _Plan, xs: Sequence[Tensor], ws: Sequence[Tensor], extras: Sequen
         rows = slice(start, min(start + plan.chunk_rows, n))
         r = rows.stop - rows.start
         hidden = [x.detach()[rows].float() for x in xs]
-        logits = [
-            torch.mm(h, w.T, out=buffers.get(i, r))
-            for i, (h, w) in enumerate(zip(hidden, heads32, strict=True))
-        ]
+        logits: list[Tensor | None] = [None] * len(xs)
+        stacked = []
+        for k, g in enumerate(groups):
+            x = hidden[g[0]] if len(g) == 1 else torch.cat([hidden[i] for i in g])
+            buf = torch.mm(x, group_w[k].T, out=buffers.get(k, r * len(g)))
+            stacked.append((x, buf))
+            for j, i in enumerate(g):
+                logits[i] = buf[j * r : (j + 1) * r]
         chunk_extras = [e[rows] for e in extras]
         for b in range(0, max(r, 1), plan.block_rows):
             sub = slice(b, min(b + plan.block_rows, r))
@@ -147,11 +184,19 @@ def _run(plan: _Plan, xs: Sequence[Tensor], ws: Sequence[Tensor], extras: Sequen
                 plan.block([z[sub] for z in logits], [e[sub] for e in chunk_extras], wants, weights), weights
             )
             total = sums if total is None else total + sums
-        for i, g in enumerate(logits):
-            if grad_x[i] is not None:
-                torch.mm(g, heads32[i], out=grad_x[i][rows])
-            if grad_w[i] is not None:
-                grad_w[i].addmm_(g.T, hidden[i])
+        for k, g in enumerate(groups):
+            x, buf = stacked[k]
+            if all(grad_x[i] is not None for i in g) and len(g) > 1:
+                gx = torch.mm(buf, group_w[k])  # every head of the group: one matmul, then the rows apart
+                for j, i in enumerate(g):
+                    grad_x[i][rows] = gx[j * r : (j + 1) * r]
+            else:
+                for i in g:
+                    if grad_x[i] is not None:
+                        torch.mm(logits[i], group_w[k], out=grad_x[i][rows])
+            for i in g:
+                if grad_w[i] is not None:
+                    grad_w[i].addmm_(logits[i].T, hidden[i])
     assert total is not None
     # fp32 gradients; autograd casts each to its input's dtype (bf16 weights get bf16 gradients).
     return total, grad_x + grad_w
@@ -180,6 +225,10 @@ class _FusedHeads(torch.autograd.Function):
         return (None, *grads, *([None] * ctx.n_extras))
 
 
+def _block_elements(device: torch.device) -> int:
+    return BLOCK_ELEMENTS if device.type == "cpu" else ACCELERATOR_BLOCK_ELEMENTS
+
+
 def fused_sum(
     loss: BlockLoss | Callable[..., Tensor],
     heads: Sequence[Head],
@@ -194,7 +243,7 @@ def fused_sum(
     or a `BlockLoss`. Every head's hidden states and every extra
     share dim 0 (the N positions). Gradients reach the heads' hidden states and weights (those that require
     one); extras (labels, masks, teacher-side tensors) are constants. `block_rows` defaults to a block of
-    `BLOCK_ELEMENTS` logits over all heads.
+    `BLOCK_ELEMENTS` logits over all heads on CPU, `ACCELERATOR_BLOCK_ELEMENTS` elsewhere.
     """
     if not heads:
         raise ValueError("fused_sum needs at least one head")
@@ -221,7 +270,7 @@ def fused_sum(
         weights=weights,
         n_heads=len(heads),
         chunk_rows=chunk_rows,
-        block_rows=block_rows or max(1, BLOCK_ELEMENTS // max(width, 1)),
+        block_rows=block_rows or max(1, _block_elements(heads[0].hidden.device) // max(width, 1)),
         need_grad=torch.is_grad_enabled(),
     )
     hidden = [h.hidden for h in heads]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from dskd_core import models
 from dskd_core.distillers.base import DistillContext, Distiller, LossOutput, TokenCounts, register
@@ -37,7 +36,7 @@ from dskd_core.distillers.common import (
     teacher_positions,
 )
 from dskd_core.fused import Head, fused_sum
-from dskd_core.losses import divergence
+from dskd_core.fused_terms import Terms, TermsBlock
 from dskd_core.projectors import PseudoInverseProjector, ideal_t2s, random_linear
 from dskd_core.spec import Method
 
@@ -106,30 +105,23 @@ class DSKDDistiller(Distiller):
                 Head(s2t(h_s.float()), w_t),
             ]
 
-        def chunk(
-            student_logits: torch.Tensor,
-            teacher_logits: torch.Tensor,
-            z_t2s: torch.Tensor,
-            z_s2t: torch.Tensor,
-            y: torch.Tensor,
-        ) -> torch.Tensor:
-            ce = F.cross_entropy(student_logits, y, reduction="sum")
-            teacher_top = teacher_logits.argmax(-1)
-            t2s_top = z_t2s.detach().argmax(-1)
+        def chunk(t: Terms, y: torch.Tensor) -> None:
+            # heads: 0 student, 1 teacher, 2 t2s (student space), 3 s2t (teacher space); sums as in _SUMS
+            teacher_top, t2s_top, s2t_top = t.argmax(1), t.argmax(2), t.argmax(3)
             agree = t2s_top == teacher_top
-            ce_t2s = F.cross_entropy(z_t2s, teacher_top if v2 else y, reduction="sum")
-            kd_stu = divergence(name, student_logits, z_t2s.detach(), temperature=d.temperature, **params)
-            if v2:
-                kd_stu = torch.where(agree, kd_stu, 0.0)
-            kd_tea = divergence(name, z_s2t, teacher_logits, temperature=d.temperature, **params)
-            counts = [t2s_top == y, agree, z_s2t.detach().argmax(-1) == y]
-            return torch.stack([ce, kd_stu.sum(), ce_t2s, kd_tea.sum(), *(c.sum().float() for c in counts)])
+            t.ce(0, head=0, target=y, ignore_index=None)  # y: valid labels only
+            t.divergence(1, q=0, p=2, mask=agree if v2 else None)
+            t.ce(2, head=2, target=teacher_top if v2 else y, ignore_index=None)
+            t.divergence(3, q=3, p=1)
+            t.count(4, t2s_top == y)
+            t.count(5, agree)
+            t.count(6, s2t_top == y)
 
         scale = kd_scale(d)
         # loss = ((1 − r)·CE + r·(scale·(KD_stu + KD_tea) + CE_t2s)) / the step's token count
         weights = [1.0 - rate, rate * scale, rate, rate * scale, 0.0, 0.0, 0.0]
         loss, sums = fused_sum(
-            chunk,
+            TermsBlock(chunk, n_sums=len(_SUMS), divergence=name, temperature=d.temperature, **params),
             heads,
             labels,
             weights=[w / denominator for w in weights],

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from dskd_core import models
 from dskd_core.distillers.base import DistillContext, LossOutput, TokenCounts, register
@@ -39,13 +38,12 @@ from dskd_core.distillers.common import (
 from dskd_core.distillers.cross import (
     CrossDistiller,
     aligned_rows,
-    masked_sum,
     resolve_vocab_map,
     setup_cross,
     shared_pairs,
 )
 from dskd_core.fused import Head, fused_sum
-from dskd_core.losses import divergence
+from dskd_core.fused_terms import Terms, TermsBlock
 from dskd_core.projectors import PseudoInverseProjector, ideal_t2s, random_linear
 from dskd_core.spec import Method
 
@@ -131,41 +129,27 @@ class DSKDETADistiller(CrossDistiller):
                 Head(s2t(rows.h_s.float()), w_t),
             ]
 
-        def chunk(
-            z_s: torch.Tensor,
-            z_t: torch.Tensor,
-            z_t2s: torch.Tensor,
-            z_s2t: torch.Tensor,
-            y: torch.Tensor,
-            al: torch.Tensor,
-        ) -> torch.Tensor:
-            ce = F.cross_entropy(z_s, y, reduction="sum")
-            teacher_top = z_t.argmax(-1)
+        def chunk(t: Terms, y: torch.Tensor, al: torch.Tensor) -> None:
+            # heads: 0 student, 1 teacher, 2 t2s (student space), 3 s2t (teacher space); sums as in _SUMS
+            teacher_top, t2s_top, s2t_top = t.argmax(1), t.argmax(2), t.argmax(3)
             mapped_top = vocab_map[teacher_top]  # −1 where the teacher's token has no student counterpart
             mapped = al & (mapped_top >= 0)
-            t2s_top = z_t2s.detach().argmax(-1)
-            ce_rows = mapped if v2 else al
-            target = torch.where(ce_rows, mapped_top if v2 else y, IGNORE_INDEX)
-            ce_t2s = F.cross_entropy(z_t2s, target, ignore_index=IGNORE_INDEX, reduction="sum")
             agree = mapped & (t2s_top == mapped_top)
-            kd_stu = divergence(name, z_s, z_t2s.detach(), temperature=d.temperature, **params)
-            kd_tea = divergence(name, z_s2t, z_t, temperature=d.temperature, **params)
-            counts = [al, mapped, agree, al & (t2s_top == y), al & (z_s2t.detach().argmax(-1) == teacher_top)]
-            return torch.stack(
-                [
-                    ce,
-                    masked_sum(kd_stu, agree if v2 else al),
-                    ce_t2s,
-                    masked_sum(kd_tea, al),
-                    *(c.sum().float() for c in counts),
-                ]
-            )
+            t.ce(0, head=0, target=y, ignore_index=None)  # y: valid labels only
+            t.divergence(1, q=0, p=2, mask=agree if v2 else al)
+            ce_rows = mapped if v2 else al
+            t.ce(2, head=2, target=torch.where(ce_rows, mapped_top if v2 else y, IGNORE_INDEX))
+            t.divergence(3, q=3, p=1, mask=al)
+            for slot, count in enumerate(
+                [al, mapped, agree, al & (t2s_top == y), al & (s2t_top == teacher_top)], start=4
+            ):
+                t.count(slot, count)
 
         scale = kd_scale(d)
         # loss = ((1 − r)·CE + r·(τ-scale·(KD_stu + KD_tea) + CE_t2s)) / the step's tokens
         weights = [1.0 - rate, rate * scale, rate, rate * scale, 0.0, 0.0, 0.0, 0.0, 0.0]
         loss, sums = fused_sum(
-            chunk,
+            TermsBlock(chunk, n_sums=len(_SUMS), divergence=name, temperature=d.temperature, **params),
             heads,
             rows.labels,
             rows.aligned,

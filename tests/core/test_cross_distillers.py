@@ -18,6 +18,7 @@ from dskd_core.distillers.dskd_cma import CMAConfig, cma_sums
 from dskd_core.distillers.mined import UNMAPPED_LOGIT, remap_teacher_logits
 from dskd_core.distillers.uld import sorted_l1
 from dskd_core.spec import CROSS_VOCAB_METHODS, Divergence, JobSpec
+from tests.core.test_fused_terms import assert_same_on_both_paths
 
 CROSS = list(CROSS_VOCAB_METHODS)
 
@@ -327,6 +328,24 @@ def test_dskd_eta_ideal_init_fits_the_shared_rows(pair):
     exported = distiller.export_state()["s2t.weight"]
     h = torch.randn(5, w_s.shape[1])
     torch.testing.assert_close(h @ exported.T, distiller._s2t_map()(h))
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"dskd_variant": "v1", "projector_init": "random", "temperature": 2.0}]
+)
+def test_dskd_eta_analytic_terms_give_the_autograd_terms_loss_and_gradients(pair, monkeypatch, extra):
+    """Forward KL runs `fused_terms`' hand-written gradient; the same terms through autograd agree with it."""
+    student = copy.deepcopy(pair["student"])
+
+    def run():
+        d = make(pair, "dskd_eta", student=student, **extra)
+        student.zero_grad()
+        out = d(pair["batch"], tokens_of(pair["batch"]))
+        out.loss.backward()
+        params = list(student.parameters()) + list(d.parameters())
+        return out, [p.grad.clone() for p in params if p.grad is not None]
+
+    assert_same_on_both_paths(run, monkeypatch)
 
 
 # ---- CMA ---------------------------------------------------------------------------------------------------

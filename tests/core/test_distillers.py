@@ -14,6 +14,7 @@ from dskd_core import fused
 from dskd_core.distillers import DistillContext, TokenCounts, get_distiller_class
 from dskd_core.distillers.common import same_vocabulary
 from dskd_core.spec import CROSS_VOCAB_METHODS, DataSpec, DistillSpec, JobSpec, Method, ModelSpec
+from tests.core.test_fused_terms import assert_same_on_both_paths
 
 VOCAB = 64  # real tokenizer size; the teacher's embedding is padded to 72, the student's to 80
 D_S, D_T = 32, 48
@@ -434,6 +435,28 @@ def test_chunks_and_blocks_give_the_one_chunk_loss_and_gradients(
     assert len(grads) == len(want_grads) > 0
     for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"dskd_variant": "v1", "projector_init": "random", "temperature": 1.0, "kd_rate": 0.3}]
+)
+def test_dskd_analytic_terms_give_the_autograd_terms_loss_and_gradients(
+    models_pair, tokenizer, monkeypatch, extra
+):
+    """Forward KL runs `fused_terms`' hand-written gradient; the same terms through autograd agree with it."""
+    student, teacher = models_pair
+    batch = make_batch(3)
+
+    def run():
+        torch.manual_seed(0)  # the same random projectors on both paths
+        d = make_distiller(Method.dskd, student, teacher, tokenizer, **extra)
+        student.zero_grad()
+        out = d(batch, tokens_of(batch))
+        out.loss.backward()
+        params = list(student.parameters()) + list(d.parameters())
+        return out, [p.grad.clone() for p in params if p.grad is not None]
+
+    assert_same_on_both_paths(run, monkeypatch)
 
 
 # ---- a few optimisation steps ---------------------------------------------------------------------------------
