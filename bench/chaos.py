@@ -42,6 +42,13 @@ sys.path.insert(0, str(ROOT))
 from tests.e2e.conftest import free_port, service_env  # noqa: E402
 from worker.serve import worker_command  # noqa: E402
 
+# Job lengths: long enough that a fault lands mid-training on an idle machine (the toy student runs a step of
+# batch 4 in a few milliseconds: a 30-step job ended before its worker could be killed), with a checkpoint every
+# CHECKPOINT steps so a killed run has one to resume from.
+STEPS = 1500
+CHECKPOINT = 50
+KILL_AFTER = 2 * CHECKPOINT + 10  # progress step at which a fault is injected: after at least one checkpoint
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -201,13 +208,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    def submit(self, steps: int = 30, **training: Any) -> str:
+    def submit(self, steps: int = STEPS, **training: Any) -> str:
         spec = {
             "student": {"name_or_path": "student"},
             "data": {"dataset_id": self.dataset},
             "distill": {"method": "sft"},
             "training": {"max_steps": steps, "batch_size": 4, "max_length": 48, "max_prompt_length": 32,
-                         "lr": 1e-3, "checkpoint_interval": 4, **training},
+                         "lr": 1e-3, "checkpoint_interval": CHECKPOINT, **training},
         }  # fmt: skip
         response = self.client.post("/v1/jobs", json=spec)
         response.raise_for_status()
@@ -270,14 +277,14 @@ def worker_kill(stack: Stack, pg: Postgres, trials: int) -> Outcome:
     outcome = Outcome("worker-kill")
     jobs = []
     for _ in range(trials):
-        job_id = stack.submit(steps=40)
+        job_id = stack.submit()
         jobs.append(job_id)
         ok = wait(
-            lambda job_id=job_id: (stack.job(job_id)["progress"].get("step") or 0) >= 6, 300
+            lambda job_id=job_id: (stack.job(job_id)["progress"].get("step") or 0) >= KILL_AFTER, 300
         )  # after a checkpoint
         pid = holder_pid(pg.url, job_id) if ok else None
-        if pid is None:
-            outcome.notes.append(f"{job_id}: never reached step 6")
+        if pid is None or stack.job(job_id)["status"] != "running":
+            outcome.notes.append(f"{job_id}: not running at step {KILL_AFTER}: no kill")
             continue
         attempt = stack.job(job_id)["attempt"]
         os.kill(pid, signal.SIGKILL)
@@ -296,7 +303,7 @@ def worker_kill(stack: Stack, pg: Postgres, trials: int) -> Outcome:
 
 def broker_restart(stack: Stack, redis: Redis, queued: int) -> Outcome:
     outcome = Outcome("broker-restart")
-    jobs = [stack.submit(steps=16) for _ in range(queued + 1)]
+    jobs = [stack.submit(steps=STEPS // 3) for _ in range(queued + 1)]
     wait(lambda: stack.job(jobs[0])["status"] == "running", 300)
     redis.restart()
     restarted = time.monotonic()
@@ -309,7 +316,7 @@ def broker_restart(stack: Stack, redis: Redis, queued: int) -> Outcome:
 def broker_loss(stack: Stack, redis: Redis, queued: int) -> Outcome:
     """Recovery: from the restart until the lost jobs are back in the broker's queue (or already claimed)."""
     outcome = Outcome("broker-loss")
-    jobs = [stack.submit(steps=16) for _ in range(queued + 1)]
+    jobs = [stack.submit(steps=STEPS // 3) for _ in range(queued + 1)]
     wait(lambda: stack.job(jobs[0])["status"] == "running", 300)
     waiting = [j for j in jobs if stack.job(j)["status"] == "queued"]
     outcome.notes.append(f"{len(waiting)} jobs queued when Redis lost its data")
@@ -334,10 +341,15 @@ def db_restart(stack: Stack, pg: Postgres, trials: int) -> Outcome:
     outcome = Outcome("db-restart")
     jobs = []
     for _ in range(trials):
-        job_id = stack.submit(steps=30)
+        job_id = stack.submit()
         jobs.append(job_id)
-        if not wait(lambda job_id=job_id: (stack.job(job_id)["progress"].get("step") or 0) >= 3, 300):
+        if not wait(
+            lambda job_id=job_id: (stack.job(job_id)["progress"].get("step") or 0) >= KILL_AFTER, 300
+        ):
             outcome.notes.append(f"{job_id}: never started")
+            continue
+        if stack.job(job_id)["status"] != "running":
+            outcome.notes.append(f"{job_id}: ended before the restart: no trial")
             continue
         started = time.monotonic()
         pg.restart()
@@ -374,10 +386,15 @@ def serve_kill(root: Path, world: Any) -> Outcome:
     client = httpx.Client(base_url=base, headers=headers, timeout=30)
     dataset = client.post("/v1/datasets", files={"file": ("t.jsonl", world.train.read_bytes())}).json()["id"]
     spec = {"student": {"name_or_path": "student"}, "data": {"dataset_id": dataset}, "distill": {"method": "sft"},
-            "training": {"max_steps": 30, "batch_size": 4, "max_length": 48, "max_prompt_length": 32,
-                         "checkpoint_interval": 4}}  # fmt: skip
+            "training": {"max_steps": STEPS, "batch_size": 4, "max_length": 48, "max_prompt_length": 32,
+                         "checkpoint_interval": CHECKPOINT}}  # fmt: skip
     job_id = client.post("/v1/jobs", json=spec).json()["id"]
-    wait(lambda: (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) >= 6, 300)
+    wait(lambda: (client.get(f"/v1/jobs/{job_id}").json()["progress"].get("step") or 0) >= KILL_AFTER, 300)
+    if client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+        outcome.notes.append(f"{job_id}: ended before the kill: no trial")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        return outcome
     worker_pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == proc.pid]
     os.kill(proc.pid, signal.SIGKILL)
     killed = time.monotonic()
