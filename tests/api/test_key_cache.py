@@ -49,6 +49,24 @@ def test_the_cache_can_be_turned_off(settings, queue, session: Session, monkeypa
     assert lookups == [secret, secret]
 
 
+def _pile_up(call, begun: list, gate: threading.Event, waiters: int) -> float:
+    """One caller starts a read that blocks on `gate`; once it has begun, `waiters` more callers arrive and pile
+    up behind it; then the gate opens and everyone finishes. Returns when the waiters started arriving."""
+    first = threading.Thread(target=lambda: call("first"))
+    first.start()
+    while not begun:
+        time.sleep(0.001)
+    arrived = time.monotonic()
+    late = [threading.Thread(target=lambda i=i: call(i)) for i in range(waiters)]
+    for t in late:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *late]:
+        t.join(5)
+    return arrived
+
+
 def test_shared_reads_begin_after_the_caller_arrived_and_are_shared() -> None:
     gate, begun = threading.Event(), []
     counter = iter(range(100))
@@ -62,18 +80,7 @@ def test_shared_reads_begin_after_the_caller_arrived_and_are_shared() -> None:
 
     shared = SharedRead(read)
     results: dict[str, tuple] = {}
-    first = threading.Thread(target=lambda: results.__setitem__("first", shared.get()))
-    first.start()
-    while not begun:
-        time.sleep(0.001)
-    arrived = time.monotonic()
-    late = [threading.Thread(target=lambda i=i: results.__setitem__(i, shared.get())) for i in range(20)]
-    for t in late:
-        t.start()
-    time.sleep(0.1)
-    gate.set()
-    for t in [first, *late]:
-        t.join(5)
+    arrived = _pile_up(lambda who: results.__setitem__(who, shared.get()), begun, gate, 20)
     assert results["first"] == (0, None)
     # Every late caller got a read that began after it arrived (not read 0), and they shared one read.
     assert {results[i] for i in range(20)} == {(1, None)} and begun[1] > arrived
@@ -94,22 +101,12 @@ def test_a_failed_shared_read_fails_only_its_caller() -> None:
     errors: list[str] = []
     results: list[tuple] = []
 
-    def call() -> None:
+    def call(_who) -> None:
         try:
             results.append(shared.get())
         except RuntimeError as e:
             errors.append(str(e))
 
-    first = threading.Thread(target=call)
-    first.start()
-    while not begun:
-        time.sleep(0.001)
-    waiters = [threading.Thread(target=call) for _ in range(10)]
-    for t in waiters:
-        t.start()
-    time.sleep(0.1)
-    gate.set()
-    for t in [first, *waiters]:
-        t.join(5)
+    _pile_up(call, begun, gate, 10)
     # The caller that made the failing read gets its error; the ten waiting share one fresh read.
     assert errors == ["pool timeout"] and results == [(7, None)] * 10 and shared.reads == 2
