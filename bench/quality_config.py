@@ -100,6 +100,7 @@ ROWS: list[Row] = MAIN_ROWS + WALLTIME_ROWS
 
 # What explains the result: each changes one setting of a main row (`--ablation`; sft and the changed rows'
 # originals are reused from the main run when they share its directory).
+TAU2_SCALED: dict[str, Any] = {"distill.temperature": 2.0, "distill.temperature_scaling": "tau2"}
 ABLATION_ROWS: list[Row] = [
     Row("sft", "sft"),
     # convergence: SFT with twice the epochs (the same best-dev selection)
@@ -142,6 +143,14 @@ ABLATION_ROWS: list[Row] = [
     Row("dskd_v2_ideal_rate0.8", "dskd", "student", {**DSKD_V2, "distill.kd_rate": 0.8}),
     # cross student at τ = 2
     Row("dskd_eta_tau2", "dskd_eta", "cross_student", {"distill.divergence": "fkl", "distill.temperature": 2.0}),
+    # around the best dev recipe (DSKD v1, τ = 2 × τ²): its KD weight and length, and the same recipe for vanilla
+    # KD's weight and for the cross student's ETA and its strongest baseline (ULD)
+    Row("dskd_v1_random_tau2_scaled_rate0.8", "dskd", "student", {**DSKD_V1, **TAU2_SCALED, "distill.kd_rate": 0.8}),
+    Row("dskd_v1_random_tau2_scaled_1.5x_epochs", "dskd", "student", {**DSKD_V1, **TAU2_SCALED}, epoch_scale=1.5),
+    Row("vanilla_kd_fkl_tau2_scaled_rate0.8", "vanilla_kd", "student",
+        {"distill.divergence": "fkl", **TAU2_SCALED, "distill.kd_rate": 0.8}),
+    Row("dskd_eta_tau2_scaled", "dskd_eta", "cross_student", {"distill.divergence": "fkl", **TAU2_SCALED}),
+    Row("uld_tau2_scaled", "uld", "cross_student", TAU2_SCALED),
 ]  # fmt: skip
 QUICK_ROWS: list[Row] = [
     Row("sft", "sft"),
