@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # The loss's default element budget per chunk of positions (all heads' logits together) and the fewest rows a
 # chunk may have; bench/loss_memory.py measured the choice (design.md "Losses").
@@ -203,7 +203,13 @@ class DataSpec(_Strict):
     prompt_template: PromptTemplate = "none"
     dev_path: str | None = Field(None, description="A separate dev set (same layout).")
     dev_ratio: float = Field(
-        0.0, ge=0.0, le=0.5, description="Fraction of the data held out as dev when no dev_path."
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Fraction of the data held out as dev when there is no separate dev set (dev_path, dev_dataset_id).",
+    )
+    dev_dataset_id: str | None = Field(
+        None, description="Service only: the id of an uploaded dataset used as the dev set."
     )
     dev_max_examples: int | None = Field(None, ge=1, description="Cap on dev examples (evaluation cost).")
     max_examples: int | None = Field(None, ge=1, description="Use only the first N training records.")
@@ -235,11 +241,33 @@ class DataSpec(_Strict):
             )
         return v
 
+    @field_validator("dev_dataset_id")
+    @classmethod
+    def _one_dev_source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # Checked here, after dev_path and dev_ratio, so the error names this field (data.dev_dataset_id).
+        problem = _dev_source_conflict(v, info.data.get("dev_path"), info.data.get("dev_ratio", 0.0))
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @model_validator(mode="after")
     def _check_source(self) -> DataSpec:
         if self.dev_path is not None and self.dev_ratio > 0:
             raise ValueError("set either dev_path or dev_ratio, not both")
+        problem = _dev_source_conflict(self.dev_dataset_id, self.dev_path, self.dev_ratio)
+        if problem:  # reached by an assignment; a constructed spec fails in _one_dev_source first
+            raise ValueError(f"dev_dataset_id: {problem}")
         return self
+
+
+def _dev_source_conflict(dev_dataset_id: str | None, dev_path: str | None, dev_ratio: float) -> str | None:
+    if dev_dataset_id is None:
+        return None
+    if dev_path is not None:
+        return "set either dev_dataset_id or dev_path, not both"
+    if dev_ratio > 0:
+        return "set either dev_dataset_id or dev_ratio, not both (dev_ratio splits the training data)"
+    return None
 
 
 class DistillSpec(_Strict):
@@ -386,7 +414,7 @@ class TrainingSpec(_Strict):
         gt=0.0,
         description="Also evaluate the dev loss (no generation) when this many minutes passed since the last "
         "evaluation (on by default, so a long run reports dev metrics as it goes; needs a dev set: "
-        "data.dev_ratio or data.dev_path); None turns the time rule off.",
+        "data.dev_ratio, data.dev_path or data.dev_dataset_id); None turns the time rule off.",
     )
     checkpoint_interval: int | None = Field(
         None, ge=1, description="Write a resumable checkpoint every N steps."

@@ -184,6 +184,11 @@ def split_records(spec: JobSpec, *, split_seed: int = 0) -> tuple[list[Record], 
     `max_examples` caps the training part after the split, so the dev set does not depend on it either.
     """
     data = spec.data
+    if data.dev_dataset_id is not None:
+        raise DataError(
+            "data.dev_dataset_id is not resolved (the service turns it into data.dev_path before training; "
+            "the command line takes data.dev_path)"
+        )
     records = load_records(data, split=data.split)
     if data.dev_path is not None:
         train, dev = records, _load_dev(Path(data.dev_path), FieldNames.from_spec(data))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from dskd_core.data import (
     IGNORE_INDEX,
@@ -369,6 +370,29 @@ def test_dev_split_is_deterministic_and_disjoint(tmp_path, student_tok):
     sep = build_datasets(_spec(path, dev_path=str(dev_file)), student_tok, dual=False)
     assert len(sep.train) == 40 and [r.prompt for r in sep.dev_records] == ["prompt 0", "prompt 1"]
     assert build_datasets(_spec(path), student_tok, dual=False).dev is None
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ({"dev_path": "dev.jsonl"}, "dev_dataset_id or dev_path"),
+        ({"dev_ratio": 0.1}, "dev_dataset_id or dev_ratio"),
+    ],
+)
+def test_dev_dataset_id_is_the_only_dev_source(tmp_path, other, message):
+    with pytest.raises(ValidationError) as caught:
+        _spec(tmp_path / "d.jsonl", dev_dataset_id="d" * 32, **other)
+    [error] = caught.value.errors()
+    assert error["loc"] == ("data", "dev_dataset_id") and message in error["msg"]
+    alone = _spec(tmp_path / "d.jsonl", dev_dataset_id="d" * 32).data
+    with pytest.raises(ValidationError, match="dev_dataset_id or dev_ratio"):
+        alone.dev_ratio = 0.1  # the rule holds for assignments too
+
+
+def test_an_unresolved_dev_dataset_id_is_bad_data_not_a_silent_run_without_dev(tmp_path, student_tok):
+    path = _jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "response": "r"}] * 4)
+    with pytest.raises(DataError, match=r"data\.dev_dataset_id is not resolved.*data\.dev_path"):
+        build_datasets(_spec(path, dev_dataset_id="d" * 32), student_tok, dual=False)
 
 
 # --- dual tokenisation ---------------------------------------------------------------------------------------
