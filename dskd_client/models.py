@@ -44,6 +44,7 @@ class Job(_Model):
     attempt: int
     max_attempts: int
     dataset_id: str | None = None
+    dev_dataset_id: str | None = None
     spec: dict[str, Any]
     progress: JobProgress
     error: JobError | None = None

@@ -89,8 +89,8 @@ def create_job(
     tokenizer pair), store it, queue it.
 
     Models are hub ids (`org/name`) or directories under the server's models_root (stored relative to it); the
-    data is an uploaded dataset named by `data.dataset_id` (`data.path`, `data.dev_path` and
-    `distill.seqkd_data_path` are refused).
+    data is an uploaded dataset named by `data.dataset_id`, and an optional separate dev set another one named by
+    `data.dev_dataset_id` (`data.path`, `data.dev_path` and `distill.seqkd_data_path` are refused).
     """
     owner = principal.owner
     submission = check_submission(session, spec, owner=owner, settings=settings)
@@ -113,6 +113,7 @@ def create_job(
             spec=submission.spec,
             max_attempts=settings.max_attempts,
             dataset_id=submission.dataset_id,
+            dev_dataset_id=submission.dev_dataset_id,
             name=spec.name,
             idempotency_key=idempotency_key,
             request_hash=submission.request_hash,
@@ -120,22 +121,21 @@ def create_job(
         session.commit()
     except IntegrityError:
         # The database settled a race: a concurrent request with the same Idempotency-Key won the insert, or
-        # the dataset was deleted after it was checked (the foreign key refuses a job on a missing dataset).
+        # a dataset (training or dev) was deleted after it was checked (the foreign keys refuse the job).
         session.rollback()
         existing = _by_idempotency_key(session, owner, idempotency_key) if idempotency_key else None
         if existing is not None:
             return _replay(existing, submission.request_hash, idempotency_key or "", response)
-        if get_owned(session, owner, submission.dataset_id) is None:
-            raise validation_problem(
-                "the job spec was refused",
-                [
-                    field_error(
-                        "data.dataset_id",
-                        f"no dataset '{submission.dataset_id}'",
-                        ["body", "data", "dataset_id"],
-                    )
-                ],
-            ) from None
+        gone = [
+            field_error(f"data.{field}", f"no dataset '{value}'", ["body", "data", field])
+            for field, value in (
+                ("dataset_id", submission.dataset_id),
+                ("dev_dataset_id", submission.dev_dataset_id),
+            )
+            if value is not None and get_owned(session, owner, value) is None
+        ]
+        if gone:
+            raise validation_problem("the job spec was refused", gone) from None
         raise
     queue.enqueue_job(job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -14,7 +14,11 @@ JOB_SPEC_EXAMPLE: dict[str, Any] = {
     "name": "qwen-1.5b-to-gpt2-dskd",
     "teacher": {"name_or_path": "Qwen/Qwen2.5-1.5B-Instruct", "dtype": "bfloat16"},
     "student": {"name_or_path": "openai-community/gpt2", "dtype": "float32"},
-    "data": {"dataset_id": "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c", "prompt_template": "none", "dev_ratio": 0.05},
+    "data": {
+        "dataset_id": "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c",
+        "dev_dataset_id": "9d4e6f8a0b1c3f2b8c1e9a7d4e6f8a0b",
+        "prompt_template": "none",
+    },
     "distill": {"method": "dskd_eta", "divergence": "fkl", "kd_rate": 0.5, "temperature": 2.0},
     "training": {
         "lr": 0.0005,
@@ -55,7 +59,12 @@ class JobOut(BaseModel):
     status: JobStatus
     attempt: int = Field(description="Claims so far (0 before a worker first took the job).")
     max_attempts: int
-    dataset_id: str | None
+    dataset_id: str | None = Field(
+        description="The training dataset (null once deleted after the job ended)."
+    )
+    dev_dataset_id: str | None = Field(
+        description="The separate dev dataset (data.dev_dataset_id), if any; null once deleted after the job ended."
+    )
     spec: dict[str, Any]
     progress: JobProgress
     error: JobError | None
@@ -98,6 +107,7 @@ class JobOut(BaseModel):
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             dataset_id=job.dataset_id,
+            dev_dataset_id=job.dev_dataset_id,
             spec=job.spec,
             progress=progress,
             error=JobError(code=str(error.get("code", "error")), message=str(error.get("message", "")))

@@ -153,7 +153,8 @@ def dataset_file(dataset: Dataset, datasets_dir: Path) -> Path:
 
 
 def delete_dataset(session: Session, dataset: Dataset, datasets_dir: Path) -> None:
-    """Delete the row and file; DatasetInUse while a non-terminal job uses it. Finished jobs keep their spec.
+    """Delete the row and file; DatasetInUse while a non-terminal job uses it (as its training or dev set).
+    Finished jobs keep their spec; their reference to the dataset is cleared.
 
     The dataset row is locked first (PostgreSQL), so a concurrent submission either commits its job before
     (and this sees it: 409) or waits and then finds the dataset gone (its foreign key refuses the insert).
@@ -165,18 +166,18 @@ def delete_dataset(session: Session, dataset: Dataset, datasets_dir: Path) -> No
     if session.scalar(locked) is None:  # deleted meanwhile by a concurrent request
         session.rollback()
         raise DatasetGone(dataset_id)
-    active = session.scalar(
-        select(Job.id).where(Job.dataset_id == dataset.id, Job.status.not_in(TERMINAL_STATUSES)).limit(1)
-    )
+    uses = (Job.dataset_id == dataset_id) | (Job.dev_dataset_id == dataset_id)
+    active = session.scalar(select(Job.id).where(uses, Job.status.not_in(TERMINAL_STATUSES)).limit(1))
     if active is not None:
         session.rollback()
         raise DatasetInUse(active)
-    session.execute(
-        update(Job)
-        .where(Job.dataset_id == dataset.id, Job.status.in_(TERMINAL_STATUSES))
-        .values(dataset_id=None)
-        .execution_options(synchronize_session=False)
-    )
+    for column in (Job.dataset_id, Job.dev_dataset_id):
+        session.execute(
+            update(Job)
+            .where(column == dataset_id, Job.status.in_(TERMINAL_STATUSES))
+            .values({column: None})
+            .execution_options(synchronize_session=False)
+        )
     path = dataset_file(dataset, datasets_dir)
     session.delete(dataset)
     session.commit()

@@ -1,7 +1,7 @@
 """Checks on a submitted JobSpec before it is stored, so a job that cannot run is refused with a 422 at once
-instead of failing in a worker: no user paths, models only under models_root or by hub id, the service's
-bounds on steps, epochs, lengths and batch sizes, the tokenizer-pair rule of the method, and the student's LoRA
-target modules.
+instead of failing in a worker: no user paths, datasets (training and dev) of the caller's own, models only under
+models_root or by hub id, the service's bounds on steps, epochs, lengths and batch sizes, the tokenizer-pair rule
+of the method, and the student's LoRA target modules.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ from dskd_core.spec import JobSpec
 # Hub ids as the hub accepts them: "org/name", word characters, dots and dashes, no ".." or "--" runs.
 # A bare name ("studnet") is never taken as a hub id: it is far more often a typo of a local directory.
 HUB_ID = re.compile(r"^(?!.*(\.\.|--))[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-# Paths the engine would read or write that only the server may set.
-SERVER_ONLY_FIELDS = (("data", "path"), ("data", "dev_path"), ("distill", "seqkd_data_path"))
+# Paths the engine would read or write that only the server may set, and the field a user sets instead.
+SERVER_ONLY_FIELDS = {
+    ("data", "path"): "data.dataset_id",
+    ("data", "dev_path"): "data.dev_dataset_id",
+    ("distill", "seqkd_data_path"): "data.dataset_id",
+}
 MAX_NAME_PART = 255
 MAX_NAME_LENGTH = 1024
 
@@ -35,6 +39,7 @@ MAX_NAME_LENGTH = 1024
 class Submission:
     spec: dict[str, Any]
     dataset_id: str
+    dev_dataset_id: str | None
     request_hash: str
     errors: list[dict[str, Any]]
 
@@ -135,11 +140,10 @@ def check_submission(session: Session, spec: JobSpec, *, owner: str, settings: S
         errors.append({"loc": ["body", *loc], "field": ".".join(loc), "msg": msg})
 
     raw = spec.model_dump(mode="json")
-    for section, key in SERVER_ONLY_FIELDS:
+    for (section, key), instead in SERVER_ONLY_FIELDS.items():
         if raw[section].get(key) is not None:
             err(
-                (section, key),
-                "set by the server; upload the data with POST /v1/datasets and use data.dataset_id",
+                (section, key), f"set by the server; upload the data with POST /v1/datasets and use {instead}"
             )
     dataset_id = raw["data"].get("dataset_id")
     dataset = get_owned(session, owner, dataset_id) if dataset_id else None
@@ -147,6 +151,9 @@ def check_submission(session: Session, spec: JobSpec, *, owner: str, settings: S
         err(("data", "dataset_id"), "required: the id of a dataset uploaded with POST /v1/datasets")
     elif dataset is None:
         err(("data", "dataset_id"), f"no dataset '{dataset_id}'")
+    dev_dataset_id = raw["data"].get("dev_dataset_id")
+    if dev_dataset_id is not None and get_owned(session, owner, dev_dataset_id) is None:
+        err(("data", "dev_dataset_id"), f"no dataset '{dev_dataset_id}'")
     for loc, msg in _bound_errors(spec, settings, dataset.row_count if dataset else None):
         err(loc, msg)
     local: dict[str, Path | None] = {}
@@ -174,4 +181,10 @@ def check_submission(session: Session, spec: JobSpec, *, owner: str, settings: S
             problem = str(e)
         if problem:
             err(("distill", "method"), problem)
-    return Submission(spec=raw, dataset_id=dataset_id or "", request_hash=request_hash(spec), errors=errors)
+    return Submission(
+        spec=raw,
+        dataset_id=dataset_id or "",
+        dev_dataset_id=dev_dataset_id,
+        request_hash=request_hash(spec),
+        errors=errors,
+    )

@@ -92,3 +92,20 @@ def test_delete_refused_while_used_then_allowed(
     assert list(settings.datasets_dir.iterdir()) == []
     assert_problem(client.get(f"/v1/datasets/{dataset_id}", headers=alice), 404)
     assert client.get(f"/v1/jobs/{job}", headers=alice).json()["dataset_id"] is None
+
+
+def test_a_dev_dataset_in_use_is_kept_until_its_job_ends(
+    client: TestClient, alice, dataset_id: str, session, settings
+) -> None:
+    dev = upload(client, alice, ['{"prompt": "dev?", "response": "dev"}'], name="dev.jsonl").json()["id"]
+    body = job_body(dataset_id, data={"dataset_id": dataset_id, "dev_dataset_id": dev})
+    job = client.post("/v1/jobs", headers=alice, json=body).json()["id"]
+    problem = assert_problem(client.delete(f"/v1/datasets/{dev}", headers=alice), 409)
+    assert job in problem["detail"] and problem["type"].endswith("dataset-in-use")
+    transition(session, session.get(Job, job), "cancelled")
+    assert client.delete(f"/v1/datasets/{dev}", headers=alice).status_code == 204
+    assert [p.name for p in settings.datasets_dir.iterdir()] == [f"{dataset_id}.jsonl"]
+    # Only the dev reference is cleared; the training dataset and the submitted spec stay as they were.
+    got = client.get(f"/v1/jobs/{job}", headers=alice).json()
+    assert (got["dataset_id"], got["dev_dataset_id"]) == (dataset_id, None)
+    assert got["spec"]["data"]["dev_dataset_id"] == dev

@@ -25,10 +25,18 @@ class Tenant:
 
 def make_tenant(client: TestClient, session, settings, headers: dict[str, str], tag: str) -> Tenant:
     tenant = Tenant(tag, headers, set(), set(), {})
-    for i in range(2):  # two of each, so a page of one exercises the cursor
-        lines = [f'{{"prompt": "{tag} {i}", "response": "r"}}']
-        dataset = upload(client, headers, lines, name=f"{tag}-{i}.jsonl").json()["id"]
-        response = client.post("/v1/jobs", headers=headers, json=job_body(dataset, name=f"{tag} job {i}"))
+    datasets = [
+        upload(
+            client, headers, [f'{{"prompt": "{tag} {i}", "response": "r"}}'], name=f"{tag}-{i}.jsonl"
+        ).json()["id"]
+        for i in range(2)  # two of each, so a page of one exercises the cursor
+    ]
+    for i, dataset in enumerate(datasets):
+        # Each job's dev set is the tenant's other dataset, so both references are owned and shown.
+        data = {"dataset_id": dataset, "dev_dataset_id": datasets[1 - i]}
+        response = client.post(
+            "/v1/jobs", headers=headers, json=job_body(dataset, name=f"{tag} job {i}", data=data)
+        )
         assert response.status_code == 201, response.text
         job_id = response.json()["id"]
         append_event(session, job_id, "progress", {"step": 1, "owner": tag})
@@ -84,7 +92,8 @@ def test_object_routes_answer_for_the_owner_and_404_for_the_other(client: TestCl
             assert client.get(f"/v1/datasets/{dataset}", headers=me.headers).json()["id"] == dataset
             assert_problem(client.get(f"/v1/datasets/{dataset}", headers=other.headers), 404)
         for job in me.jobs:
-            assert client.get(f"/v1/jobs/{job}", headers=me.headers).json()["id"] == job
+            got = client.get(f"/v1/jobs/{job}", headers=me.headers).json()
+            assert got["id"] == job and {got["dataset_id"], got["dev_dataset_id"]} == me.datasets
             events = client.get(f"/v1/jobs/{job}/events", headers=me.headers).json()["items"]
             assert [e["payload"]["owner"] for e in events if e["type"] == "progress"] == [me.tag]
             artifacts = client.get(f"/v1/jobs/{job}/artifacts", headers=me.headers).json()["items"]
@@ -104,9 +113,15 @@ def test_writes_to_the_other_owners_objects_change_nothing(client: TestClient, t
     assert client.get(f"/v1/jobs/{job}", headers=alice.headers).json()["status"] == "queued"
     assert_problem(client.delete(f"/v1/datasets/{dataset}", headers=bob.headers), 404)
     assert client.get(f"/v1/datasets/{dataset}", headers=alice.headers).status_code == 200
-    # Bob cannot train on Alice's dataset, and no job of his appears.
+    # Bob cannot train on Alice's dataset, nor evaluate on it, and no job of his appears.
     refused = client.post("/v1/jobs", headers=bob.headers, json=job_body(dataset))
     assert refused.status_code in (404, 422) and dataset in refused.text
+    own = sorted(bob.datasets)[0]
+    body = job_body(own, data={"dataset_id": own, "dev_dataset_id": dataset})
+    refused = assert_problem(
+        client.post("/v1/jobs", headers=bob.headers, json=body), 422, "data.dev_dataset_id"
+    )
+    assert [e["field"] for e in refused["errors"]] == ["data.dev_dataset_id"]
     assert {j["id"] for j in client.get("/v1/jobs", headers=bob.headers).json()["items"]} == bob.jobs
 
 

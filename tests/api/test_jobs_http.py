@@ -54,6 +54,64 @@ def test_dataset_must_exist_and_be_yours(client: TestClient, alice, bob, dataset
     assert_problem(client.post("/v1/jobs", headers=bob, json=job_body(dataset_id)), 422, "data.dataset_id")
 
 
+def test_a_separate_dev_dataset_is_stored_on_the_job(
+    client: TestClient, alice, dataset_id: str, session, queue: FakeQueue
+) -> None:
+    dev = upload(client, alice, ['{"prompt": "dev?", "response": "dev"}'], name="dev.jsonl").json()["id"]
+    response = client.post(
+        "/v1/jobs",
+        headers=alice,
+        json=job_body(dataset_id, data={"dataset_id": dataset_id, "dev_dataset_id": dev}),
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["dataset_id"], body["dev_dataset_id"]) == (dataset_id, dev)
+    assert body["spec"]["data"]["dev_dataset_id"] == dev and body["spec"]["data"]["dev_path"] is None
+    assert session.get(Job, body["id"]).dev_dataset_id == dev
+    assert client.get(f"/v1/jobs/{body['id']}", headers=alice).json()["dev_dataset_id"] == dev
+    assert queue.enqueued == [body["id"]]
+    plain = client.post("/v1/jobs", headers=alice, json=job_body(dataset_id)).json()
+    assert plain["dev_dataset_id"] is None
+
+
+def test_dev_dataset_must_exist_and_be_yours(
+    client: TestClient, alice, bob, dataset_id: str, queue: FakeQueue
+) -> None:
+    bobs = upload(client, bob).json()["id"]
+
+    def refusal(dev_id: str) -> list[dict]:
+        body = job_body(bobs, data={"dataset_id": bobs, "dev_dataset_id": dev_id})
+        problem = assert_problem(client.post("/v1/jobs", headers=bob, json=body), 422, "data.dev_dataset_id")
+        return [{k: str(v).replace(dev_id, "<id>") for k, v in e.items()} for e in problem["errors"]]
+
+    missing = "0" * 32  # well-formed, no such dataset
+    # Alice's dataset is refused to Bob word for word like one that does not exist: nothing tells them apart.
+    assert (
+        refusal(dataset_id)
+        == refusal(missing)
+        == [
+            {
+                "loc": "['body', 'data', 'dev_dataset_id']",
+                "field": "data.dev_dataset_id",
+                "msg": "no dataset '<id>'",
+            }
+        ]
+    )
+    assert refusal("nope")[0]["field"] == "data.dev_dataset_id"
+    assert queue.enqueued == []
+
+
+def test_one_dev_source(client: TestClient, alice, dataset_id: str) -> None:
+    body = job_body(
+        dataset_id, data={"dataset_id": dataset_id, "dev_dataset_id": dataset_id, "dev_ratio": 0.1}
+    )
+    problem = assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, "data.dev_dataset_id")
+    assert "dev_ratio" in problem["errors"][0]["msg"]
+    body = job_body(dataset_id, data={"dataset_id": dataset_id, "dev_path": "/etc/passwd"})
+    problem = assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, "data.dev_path")
+    assert "data.dev_dataset_id" in problem["errors"][0]["msg"]  # what to use instead
+
+
 def test_model_location_rules(client: TestClient, alice, dataset_id: str, settings) -> None:
     models_root: Path = settings.models_root
     (models_root / "tiny").mkdir(parents=True)

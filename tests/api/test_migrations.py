@@ -1,4 +1,5 @@
-"""Alembic: upgrade from empty, downgrade to base, upgrade again, and the models match head — on both backends."""
+"""Alembic: upgrade from empty, downgrade to base, upgrade again, and the models match head — on both backends;
+revision 0003 keeps the jobs already stored, up and down."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, pool
+from sqlalchemy import create_engine, inspect, pool, text
 
 from api.cli_support import alembic_config, init_db
 from api.db.models import Base
@@ -68,3 +69,46 @@ def test_init_db_creates_embedded_database(tmp_path: Path) -> None:
     init_db(settings)  # idempotent
     assert _tables(settings.database_url) == TABLES
     assert settings.models_root.is_dir() and settings.runs_dir.is_dir() and settings.datasets_dir.is_dir()
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        return {c["name"] for c in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_0003_adds_the_dev_dataset_reference_and_keeps_existing_jobs(empty_db: str) -> None:
+    config = alembic_config(empty_db)
+    command.upgrade(config, "0002")
+    engine = create_engine(empty_db, poolclass=pool.NullPool)
+    now = "2026-12-01 10:00:00+00:00"
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO datasets (id, owner, name, stored_path, size_bytes, sha256, row_count, created_at) "
+                    "VALUES ('d1', 'alice', 'train.jsonl', 'd1.jsonl', 10, :sha, 1, :now)"
+                ),
+                {"sha": "0" * 64, "now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, owner, spec, status, attempt, max_attempts, progress, last_seq, "
+                    "dataset_id, created_at, updated_at) VALUES ('j1', 'alice', '{}', 'succeeded', 1, 3, '{}', 0, "
+                    "'d1', :now, :now)"
+                ),
+                {"now": now},
+            )
+        command.upgrade(config, "head")
+        assert "dev_dataset_id" in _columns(empty_db, "jobs")
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT dataset_id, dev_dataset_id FROM jobs WHERE id = 'j1'")).one()
+        assert tuple(row) == ("d1", None)
+        command.downgrade(config, "0002")
+        assert "dev_dataset_id" not in _columns(empty_db, "jobs")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT dataset_id FROM jobs WHERE id = 'j1'")).scalar_one() == "d1"
+    finally:
+        engine.dispose()

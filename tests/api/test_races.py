@@ -1,5 +1,6 @@
 """Races settled by the database: many submissions with one Idempotency-Key make one job, and deleting a dataset
-while jobs are submitted on it never leaves a job without its dataset (and never answers 5xx)."""
+while jobs are submitted on it never leaves a job without its dataset (and never answers 5xx); a dev dataset
+deleted between the check and the insert is a 422 on data.dev_dataset_id."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.db.models import Dataset, Job
-from tests.api.conftest import job_body, upload
+from api.db.session import session_factory
+from api.routes import jobs as job_routes
+from tests.api.conftest import assert_problem, job_body, upload
 
 
 def test_one_idempotency_key_one_job(client: TestClient, alice, dataset_id: str, session, queue) -> None:
@@ -53,3 +56,23 @@ def test_delete_while_submitting(client: TestClient, alice, session, settings) -
         # Every job that was created still has its dataset: it was deleted only if no job got in first.
         assert all(job.dataset_id == dataset_id for job in jobs)
         assert exists or not jobs
+
+
+def test_a_dev_dataset_deleted_after_the_check_is_a_422(
+    client: TestClient, alice, dataset_id: str, settings, monkeypatch, queue
+) -> None:
+    dev = upload(client, alice, name="dev.jsonl").json()["id"]
+    checked = job_routes.check_submission
+
+    def check_then_delete(*args, **kwargs):
+        submission = checked(*args, **kwargs)
+        with session_factory(settings.database_url)() as other:  # another request deletes it meanwhile
+            other.delete(other.get(Dataset, dev))
+            other.commit()
+        return submission
+
+    monkeypatch.setattr(job_routes, "check_submission", check_then_delete)
+    body = job_body(dataset_id, data={"dataset_id": dataset_id, "dev_dataset_id": dev})
+    problem = assert_problem(client.post("/v1/jobs", headers=alice, json=body), 422, "data.dev_dataset_id")
+    assert [e["field"] for e in problem["errors"]] == ["data.dev_dataset_id"]  # the training dataset is fine
+    assert queue.enqueued == []
