@@ -53,13 +53,25 @@ def _get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def resolve_paths(spec_dict: dict[str, Any], settings: Settings, dataset_path: Path | None) -> dict[str, Any]:
-    """Turns the service's references into local paths: the dataset id becomes its stored file, and model names
-    are looked up under the models root the same way the API checked them (a directory there, else a hub id)."""
+def resolve_paths(
+    spec_dict: dict[str, Any],
+    settings: Settings,
+    dataset_path: Path | None,
+    dev_dataset_path: Path | None = None,
+) -> dict[str, Any]:
+    """Turns the service's references into local paths: the dataset ids become their stored files (the dev
+    dataset becomes data.dev_path), and model names are looked up under the models root the same way the API
+    checked them (a directory there, else a hub id)."""
     spec = dict(spec_dict)
     data = dict(spec["data"])
     if dataset_path is not None:
         data["path"] = str(dataset_path)
+    if data.get("dev_dataset_id") is not None:
+        if dev_dataset_path is None:  # the job's reference was cleared: the dataset is gone
+            raise FileNotFoundError(DATASET_GONE.format(role="dev dataset"))
+        # The engine reads dev_path; the spec allows one dev source, so the id gives way to the path.
+        data["dev_dataset_id"] = None
+        data["dev_path"] = str(dev_dataset_path)
     spec["data"] = data
     for role in ("teacher", "student"):
         model = spec.get(role)
@@ -81,6 +93,9 @@ def resolve_paths(spec_dict: dict[str, Any], settings: Settings, dataset_path: P
                 "refusing to load it (move the model under the models root or use the full 'org/name' id)"
             )
     return spec
+
+
+DATASET_GONE = "the job's {role} no longer exists; upload it again and resubmit the job"
 
 
 class ModelUnavailable(FileNotFoundError):
@@ -170,7 +185,7 @@ def _execute_job(
             lambda: _finish(sessions, job_id, "cancelled"), deadline_seconds=patience, what=f"job {job_id}"
         )
         return "cancelled"
-    spec_dict, dataset_id = dict(claimed.spec), claimed.dataset_id
+    spec_dict, dataset_id, dev_dataset_id = dict(claimed.spec), claimed.dataset_id, claimed.dev_dataset_id
     log.info(
         "job %s: started (attempt %d/%d, %s, student %s)",
         job_id,
@@ -198,11 +213,16 @@ def _execute_job(
             )
 
         try:
-            dataset_path = retry_database(
-                lambda: _dataset_path(sessions, dataset_id, settings), deadline_seconds=patience, what=job_id
+            dataset_path, dev_dataset_path = retry_database(
+                lambda: (
+                    _dataset_path(sessions, dataset_id, settings),
+                    _dataset_path(sessions, dev_dataset_id, settings, role="dev dataset"),
+                ),
+                deadline_seconds=patience,
+                what=job_id,
             )
             result = _run_engine(
-                resolve_paths(spec_dict, settings, dataset_path),
+                resolve_paths(spec_dict, settings, dataset_path, dev_dataset_path),
                 run_dir,
                 ProgressLogSink(sink, job_id),  # the worker's log: progress every 30 s, evaluations
                 lease,
@@ -270,15 +290,15 @@ def _flush(sink: DbProgressSink, patience: float) -> None:
         time.sleep(1.0)
 
 
-def _dataset_path(sessions: SessionFactory, dataset_id: str | None, settings: Settings) -> Path | None:
+def _dataset_path(
+    sessions: SessionFactory, dataset_id: str | None, settings: Settings, *, role: str = "dataset"
+) -> Path | None:
     if not dataset_id:
         return None
     with sessions() as session:
         dataset = session.get(Dataset, dataset_id)
         if dataset is None:
-            raise FileNotFoundError(
-                "the job's dataset no longer exists; upload it again and resubmit the job"
-            )
+            raise FileNotFoundError(DATASET_GONE.format(role=role))
         return settings.datasets_dir / dataset.stored_path
 
 

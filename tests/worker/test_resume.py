@@ -1,4 +1,5 @@
-"""Real tiny toy runs through execute_job: a success, a cancel mid-run, and a resume after the worker died."""
+"""Real tiny toy runs through execute_job: a success, a cancel mid-run, a resume after the worker died, and a job
+evaluated on a separate dev dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 
 from api.db.models import Job
 from api.services import jobs as job_service
+from api.services.datasets import store_upload
 from api.services.reaper import Reaper
 from tests.worker.conftest import events_of, expire_lease, get_job, tiny_spec
 from worker import tasks
@@ -105,3 +107,48 @@ def test_a_dead_worker_is_resumed_from_its_newest_checkpoint(
     assert not any(path in manifest_text for path in server_paths)
     manifest = json.loads(manifest_text)
     assert manifest["student"] == "student" and manifest["spec"]["student"]["name_or_path"] == "student"
+
+
+def test_a_job_evaluates_on_its_dev_dataset(monkeypatch, worker_settings, sessions, session, toy_world):
+    stored = {}
+    for role, path in (("train", toy_world.train), ("dev", toy_world.dev)):
+        with path.open("rb") as source:
+            stored[role] = store_upload(
+                session,
+                owner="alice",
+                name=path.name,
+                source=source,
+                datasets_dir=worker_settings.datasets_dir,
+                max_bytes=10**8,
+            )
+    spec = tiny_spec(toy_world, max_steps=2)
+    spec["student"]["name_or_path"] = "student"  # as the API stores it
+    spec["data"] = {
+        "dataset_id": stored["train"].id,
+        "dev_dataset_id": stored["dev"].id,
+        "dev_max_examples": 8,
+    }
+    job = job_service.create_job(
+        session,
+        owner="alice",
+        spec=spec,
+        max_attempts=3,
+        dataset_id=stored["train"].id,
+        dev_dataset_id=stored["dev"].id,
+    )
+    session.commit()
+    seen = []
+    real = tasks._run_engine
+
+    def run(spec_dict, *rest):
+        seen.append(spec_dict)  # the spec the engine gets, after the worker resolved it
+        return real(spec_dict, *rest)
+
+    monkeypatch.setattr(tasks, "_run_engine", run)
+    assert tasks.execute_job(job.id, settings=worker_settings, session_factory=sessions) == "succeeded"
+    [resolved] = seen
+    assert resolved["data"]["dev_path"] == str(worker_settings.datasets_dir / stored["dev"].stored_path)
+    assert resolved["data"]["path"] == str(worker_settings.datasets_dir / stored["train"].stored_path)
+    evals = [e for e in events_of(sessions, job.id) if e.type == "eval"]
+    assert [e.payload["step"] for e in evals] == [0, 2]  # before training and at the end
+    assert all(e.payload["metrics"]["dev_ce"] > 0 for e in evals)

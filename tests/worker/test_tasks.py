@@ -13,6 +13,7 @@ from api.services import jobs as job_service
 from api.services.reaper import Reaper
 from dskd_core.errors import NonFiniteLossError, PreflightError
 from dskd_core.progress import ProgressEvent, RunResult
+from dskd_core.spec import JobSpec
 from tests.worker.conftest import events_of, expire_lease, get_job, tiny_spec
 from worker import tasks
 
@@ -242,3 +243,46 @@ def test_model_names_under_the_models_root_become_absolute_paths(worker_settings
     assert resolved["teacher"]["name_or_path"] == str(model_dir.resolve())
     assert resolved["student"]["name_or_path"] == "org/small"
     assert resolved["data"]["path"] == "/data/x.jsonl"
+
+
+def test_the_dev_dataset_becomes_the_engines_dev_path(worker_settings):
+    spec = {
+        "student": {"name_or_path": "org/small"},
+        "data": {"dataset_id": "d" * 32, "dev_dataset_id": "e" * 32, "dev_max_examples": 8},
+        "distill": {"method": "sft"},
+    }
+    train, dev = worker_settings.datasets_dir / "d.jsonl", worker_settings.datasets_dir / "e.jsonl"
+    resolved = tasks.resolve_paths(spec, worker_settings, train, dev)
+    assert resolved["data"] == {
+        "dataset_id": "d" * 32,
+        "path": str(train),
+        "dev_path": str(dev),
+        "dev_dataset_id": None,
+        "dev_max_examples": 8,
+    }
+    JobSpec.model_validate(resolved)  # one dev source left: what the engine accepts
+    assert spec["data"]["dev_dataset_id"] == "e" * 32  # the stored spec is not changed
+    with pytest.raises(FileNotFoundError, match="dev dataset no longer exists") as caught:
+        tasks.resolve_paths(spec, worker_settings, train, None)  # the reference was cleared
+    assert tasks.classify_error(caught.value, worker_settings)["code"] == "file_not_found"
+    assert (
+        "dev_path"
+        not in tasks.resolve_paths({**spec, "data": {"dataset_id": "d" * 32}}, worker_settings, train, dev)[
+            "data"
+        ]
+    )
+
+
+def test_a_job_whose_dev_dataset_is_gone_fails_before_the_engine(
+    monkeypatch, worker_settings, sessions, make_job, toy_world
+):
+    spec = tiny_spec(toy_world)
+    spec["data"] = {"path": str(toy_world.train), "dev_dataset_id": "e" * 32}  # stored without its reference
+    job_id = make_job(spec)
+    fake_engine(monkeypatch, lambda *a: pytest.fail("a job without its dev set must not train"))
+    assert tasks.execute_job(job_id, settings=worker_settings, session_factory=sessions) == "failed"
+    error = get_job(sessions, job_id).error
+    assert error == {
+        "code": "file_not_found",
+        "message": "the job's dev dataset no longer exists; upload it again and resubmit the job",
+    }
