@@ -46,14 +46,18 @@ def read_spec(path: Path, overrides: list[str]) -> dict[str, Any]:
     return override_dict(raw, overrides)
 
 
-def _data_file(spec: dict[str, Any], spec_path: Path, data: Path | None) -> Path | None:
-    """The file to upload: --data, else the spec's data.path (relative to the spec file) when no dataset id."""
+def _data_file(
+    spec: dict[str, Any], spec_path: Path, given: Path | None, *, dev: bool = False
+) -> Path | None:
+    """The file to upload: --data (--dev-data), else the spec's data.path (data.dev_path), relative to the spec
+    file, when the spec names no dataset id for it."""
     section = spec.setdefault("data", {})
-    if data is not None:
-        return data
-    if section.get("dataset_id") or not section.get("path"):
+    path_key, id_key = ("dev_path", "dev_dataset_id") if dev else ("path", "dataset_id")
+    if given is not None:
+        return given
+    if section.get(id_key) or not section.get(path_key):
         return None
-    path = Path(section["path"])
+    path = Path(section[path_key])
     return path if path.is_absolute() else spec_path.parent / path
 
 
@@ -64,6 +68,12 @@ def submit(
         Path | None, typer.Option("--data", help="Upload this JSONL file as the job's data.")
     ] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Use an uploaded dataset by id.")] = None,
+    dev_data: Annotated[
+        Path | None, typer.Option("--dev-data", help="Upload this JSONL file as the job's dev set.")
+    ] = None,
+    dev_dataset: Annotated[
+        str | None, typer.Option("--dev-dataset", help="Use an uploaded dataset by id as the dev set.")
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting, e.g. --set training.max_steps=200.")
     ] = None,
@@ -74,27 +84,37 @@ def submit(
     url: UrlOption = None,
     key: KeyOption = None,
 ) -> None:
-    """Submit a job; prints its id. Models are hub ids or paths under the server's models root."""
+    """Submit a job; prints its id. Models are hub ids or paths under the server's models root.
+
+    The spec's data.path and data.dev_path (relative to the spec file) are uploaded unless --dataset or
+    --dev-dataset (or the spec's own ids) name uploaded datasets; the job then refers to them by id.
+    """
     if data is not None and dataset is not None:
         raise fail("give --data FILE or --dataset ID, not both")
+    if dev_data is not None and dev_dataset is not None:
+        raise fail("give --dev-data FILE or --dev-dataset ID, not both")
     spec = read_spec(spec_file, overrides or [])
     section = spec.setdefault("data", {})
     upload = None if dataset else _data_file(spec, spec_file, data)
-    if upload is not None and not upload.is_file():
-        raise fail(f"{upload}: no such data file")
-    for local in ("path", "dev_path"):
-        if section.pop(local, None) is not None and local == "dev_path":
-            typer.echo(
-                "note: data.dev_path is not sent; the service splits off data.dev_ratio instead", err=True
-            )
+    dev_upload = None if dev_dataset else _data_file(spec, spec_file, dev_data, dev=True)
+    for path in (upload, dev_upload):
+        if path is not None and not path.is_file():
+            raise fail(f"{path}: no such data file")
+    section.pop("path", None)
+    section.pop("dev_path", None)
     with client(url, key) as c:
-        if upload is not None:
-            with byte_bar(f"uploading {upload.name}", upload.stat().st_size) as progress:
-                section["dataset_id"] = c.datasets.upload(upload, progress=progress).id
-        elif dataset:
-            section["dataset_id"] = dataset
+        for path, given, id_key in (
+            (upload, dataset, "dataset_id"),
+            (dev_upload, dev_dataset, "dev_dataset_id"),
+        ):
+            if path is not None:
+                with byte_bar(f"uploading {path.name}", path.stat().st_size) as progress:
+                    section[id_key] = c.datasets.upload(path, progress=progress).id
+            elif given:
+                section[id_key] = given
         job = c.jobs.create(spec, idempotency_key=idempotency_key)
-        typer.echo(f"job {job.id} {job.status} (dataset {section.get('dataset_id')})", err=True)
+        dev = f", dev dataset {job.dev_dataset_id}" if job.dev_dataset_id else ""
+        typer.echo(f"job {job.id} {job.status} (dataset {section.get('dataset_id')}{dev})", err=True)
         typer.echo(job.id)
         if watch:
             _watch(c, job.id)

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dskd_cli.main import app
-from tests.live_service import LiveService
+from tests.live_service import TRAIN_LINES, LiveService
 
 
 def run(live: LiveService, *args: str, input: str | None = None):
@@ -24,12 +24,19 @@ def test_submit_watch_list_get_download(live: LiveService, tmp_path: Path) -> No
     spec["data"] = {"path": "train.jsonl", "dev_path": "dev.jsonl"}  # as an engine spec file has it
     spec_file.write_text(yaml.safe_dump(spec))
     (tmp_path / "train.jsonl").write_text(live.data_file.read_text())
+    (tmp_path / "dev.jsonl").write_text("".join(line + "\n" for line in TRAIN_LINES[:5]))
 
     submitted = run(live, "jobs", "submit", str(spec_file), "--set", "training.max_steps=6", "--watch")
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.strip().splitlines()[0]
-    assert "data.dev_path is not sent" in submitted.stderr and "status: succeeded" in submitted.output
+    assert "status: succeeded" in submitted.output
     assert "eval @ step 6: dev_ce 2" in submitted.output
+    # Both files were uploaded; the job names the dev one as its dev set.
+    uploaded = {d["name"]: d for d in json.loads(run(live, "datasets", "list", "--json").stdout)}
+    job = json.loads(run(live, "jobs", "get", job_id, "--json").stdout)
+    assert (uploaded["train.jsonl"]["row_count"], uploaded["dev.jsonl"]["row_count"]) == (40, 5)
+    assert job["dev_dataset_id"] == job["spec"]["data"]["dev_dataset_id"] == uploaded["dev.jsonl"]["id"]
+    assert f"dev dataset {job['dev_dataset_id']}" in submitted.stderr
 
     listed = run(live, "jobs", "list")
     assert listed.exit_code == 0 and job_id in listed.stdout
@@ -57,11 +64,18 @@ def test_datasets_and_cancel(live: LiveService, tmp_path: Path) -> None:
     dataset_id = uploaded.stdout.strip()
     assert dataset_id in run(live, "datasets", "list").stdout
 
+    dev_id = run(live, "datasets", "upload", str(live.data_file), "--name", "dev").stdout.strip()
+
     spec_file = tmp_path / "slow.json"
     spec_file.write_text(json.dumps(live.spec(dataset_id, name="[slow] long", steps=400)))
-    job_id = run(live, "jobs", "submit", str(spec_file), "--dataset", dataset_id).stdout.strip()
-    refused = run(live, "datasets", "rm", dataset_id)
-    assert refused.exit_code == 1 and "409 Conflict" in refused.stderr and job_id in refused.stderr
+    both = run(live, "jobs", "submit", str(spec_file), "--dev-data", "x.jsonl", "--dev-dataset", dev_id)
+    assert both.exit_code == 2 and "not both" in both.output
+    submitted = run(live, "jobs", "submit", str(spec_file), "--dataset", dataset_id, "--dev-dataset", dev_id)
+    job_id = submitted.stdout.strip()
+    assert f"(dataset {dataset_id}, dev dataset {dev_id})" in submitted.stderr
+    for used in (dataset_id, dev_id):
+        refused = run(live, "datasets", "rm", used)
+        assert refused.exit_code == 1 and "409 Conflict" in refused.stderr and job_id in refused.stderr
 
     assert run(live, "jobs", "cancel", job_id, input="n\n").exit_code == 1  # asked, declined
     cancelled = run(live, "jobs", "cancel", job_id, "--yes")
@@ -71,10 +85,11 @@ def test_datasets_and_cancel(live: LiveService, tmp_path: Path) -> None:
     )
     watched = run(live, "jobs", "watch", job_id)
     assert watched.exit_code == 1 and "status: cancelled" in watched.output
-    for _ in range(50):  # the job row may still be in use for a moment after the terminal event
-        if run(live, "datasets", "rm", dataset_id).exit_code == 0:
-            break
-        time.sleep(0.1)
+    for used in (dataset_id, dev_id):
+        for _ in range(50):  # the job row may still be in use for a moment after the terminal event
+            if run(live, "datasets", "rm", used).exit_code == 0:
+                break
+            time.sleep(0.1)
     assert run(live, "datasets", "list", "--json").stdout.strip() == "[]"
 
 
