@@ -1,10 +1,11 @@
 """The demo's client side, written with the project's Python client (`dskd_client`) as a user would.
 
-Uploads the toy world's training data (the student's small instruction set), submits a DSKD job (models by path
-under the service's models root) and an SFT job with the same budget for contrast, follows the DSKD job live,
-downloads both students (resumable, sha256-checked), loads them with plain `transformers` and puts them next to
-the teacher on a fixed sample of held-out test prompts: every answer with its Rouge-L (`dskd_core.evaluate`), the
-means, and the distilled student's ratio to the teacher. Used by `make demo` (scripts/demo.sh).
+Uploads the toy world's training data (the student's small instruction set) and its dev set, submits a DSKD job
+(models by path under the service's models root) and an SFT job with the same budget for contrast, follows the
+DSKD job live, downloads both students (resumable, sha256-checked), loads them with plain `transformers` and puts
+them next to the teacher on a fixed sample of held-out test prompts: every answer with its Rouge-L
+(`dskd_core.evaluate`), the means, and the distilled student's ratio to the teacher. Used by `make demo`
+(scripts/demo.sh).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
     sys.exit("the service did not become ready in time (see the server log above)")
 
 
-def job_spec(world: Path, dataset_id: str, steps: int | None, method: str | None = None) -> dict[str, Any]:
-    """The world's demo spec (its method and budget, chosen on dev), pointed at the uploaded dataset and the models
-    under the models root; `method` swaps the method and keeps the budget."""
+def job_spec(
+    world: Path, dataset_id: str, dev_dataset_id: str, steps: int | None, method: str | None = None
+) -> dict[str, Any]:
+    """The world's demo spec (its method and budget, chosen on dev), pointed at the uploaded training and dev
+    datasets and the models under the models root; `method` swaps the method and keeps the budget."""
     demo = yaml.safe_load((world / "demo.yaml").read_text())
     training = dict(demo.get("training", {}))
     if steps is not None:
@@ -53,8 +56,8 @@ def job_spec(world: Path, dataset_id: str, steps: int | None, method: str | None
         "student": {"name_or_path": "student"},
         "data": {
             "dataset_id": dataset_id,
+            "dev_dataset_id": dev_dataset_id,
             "prompt_template": demo["data"].get("prompt_template", "none"),
-            "dev_ratio": 0.05,
             "dev_max_examples": 200,
         },
         "distill": distill,
@@ -156,18 +159,22 @@ def main() -> None:
     students: dict[str, Path] = {}
     try:
         with Client(args.url, args.key, timeout=60) as client:
-            print("== uploading the student's training data")
+            print("== uploading the student's training and dev data")
             dataset = client.datasets.upload(args.world / "train.jsonl")
+            dev_dataset = client.datasets.upload(args.world / "dev.jsonl")
             print(f"  dataset {dataset.id}: {dataset.row_count} rows")
+            print(f"  dev dataset {dev_dataset.id}: {dev_dataset.row_count} rows")
 
-            spec = job_spec(args.world, dataset.id, args.steps)
+            spec = job_spec(args.world, dataset.id, dev_dataset.id, args.steps)
             method, steps = spec["distill"]["method"], spec["training"]["max_steps"]
             print(f"== submitting a {method} job ({steps} steps, distill: {spec['distill']})")
             job = client.jobs.create(spec)
             print(f"  job {job.id}: {job.status} (dashboard: {args.url}/ui/#/jobs/{job.id})")
             sft_job = None
             if args.sft:
-                sft_job = client.jobs.create(job_spec(args.world, dataset.id, args.steps, method="sft"))
+                sft_job = client.jobs.create(
+                    job_spec(args.world, dataset.id, dev_dataset.id, args.steps, method="sft")
+                )
                 print(f"  and an SFT job with the same budget for contrast: {sft_job.id} (queued behind it)")
 
             print(f"== following the {method} job (Server-Sent Events)")
