@@ -203,11 +203,12 @@ def build_toy_world(
 
 
 def config_fingerprint(cfg: WorldConfig) -> str:
-    """A short hash of a size's settings (threads aside): a cached world built with other settings is rebuilt."""
+    """A short hash of a size's settings (threads aside): a cached world built with other settings is rebuilt.
+
+    The demo's recipe (DEMO_DISTILL, DEMO_TRAINING) is left out: demo.yaml is rewritten on every reuse."""
     import hashlib
 
     settings = {k: v for k, v in vars(replace(cfg, threads=None)).items()}
-    settings["demo"] = [DEMO_DISTILL, DEMO_TRAINING]
     text = json.dumps(settings, default=lambda o: vars(o), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -223,6 +224,7 @@ def _build_or_reuse(
             p.exists() for p in (world.teacher, world.student, world.cross_student, world.train, world.dev)
         ):
             say(f"reusing the toy world in {root}")
+            _write_demo_spec(world, size)  # the demo's recipe is not part of the world: no rebuild for it
             return world
     cfg = CONFIGS[size]
     if threads is not None:

@@ -265,3 +265,13 @@ def test_an_existing_world_is_reused(toy_world):
     again = build_toy_world(toy_world.root, size="fast", seed=0)
     assert again.manifest == toy_world.manifest
     assert weights.stat().st_mtime_ns == stamp
+
+
+def test_a_reused_world_gets_the_current_demo_recipe_without_a_rebuild(toy_world):
+    weights = toy_world.teacher / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    written = toy_world.demo_spec.read_text()
+    toy_world.demo_spec.write_text("name: an older recipe\n")
+    build_toy_world(toy_world.root, size="fast", seed=0)
+    assert toy_world.demo_spec.read_text() == written
+    assert weights.stat().st_mtime_ns == stamp
