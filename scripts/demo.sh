@@ -29,8 +29,9 @@ $DSKD toy --out "$WORLD" --size "$SIZE"
 
 # A fresh embedded service for the demo; the toy world is its models root (jobs name models by path under it).
 export DSKD_DATA_DIR=${DSKD_DATA_DIR:-.dskd-demo}
-export DSKD_MODELS_ROOT="$PWD/$WORLD"
-rm -rf "$DSKD_DATA_DIR" runs/demo-service
+export DSKD_MODELS_ROOT="$(cd "$WORLD" && pwd -P)"
+OUT=${OUT:-runs/demo-service}  # where the students are downloaded
+rm -rf "$DSKD_DATA_DIR" "$OUT"
 KEY=$($DSKD keys create demo | tail -n 1)
 
 echo "== 2/3 starting the service on http://127.0.0.1:$PORT (API docs at /docs, dashboard at /ui/)"
@@ -39,7 +40,7 @@ SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 
 echo "== 3/3 the client: upload, submit, stream, download, load and answer"
-.venv/bin/python scripts/demo_client.py --url "http://127.0.0.1:$PORT" --key "$KEY" --world "$WORLD" \
+.venv/bin/python scripts/demo_client.py --url "http://127.0.0.1:$PORT" --key "$KEY" --world "$WORLD" --out "$OUT" \
   ${STEPS:+--steps "$STEPS"} $([ "$SFT" = 0 ] && echo --no-sft) \
   || { echo "-- service log ($DSKD_DATA_DIR/serve.log):"; tail -n 40 "$DSKD_DATA_DIR/serve.log"; exit 1; }
 echo "== done in $((SECONDS - start)) s (service log: $DSKD_DATA_DIR/serve.log)"

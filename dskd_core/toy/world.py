@@ -205,7 +205,8 @@ def build_toy_world(
 def config_fingerprint(cfg: WorldConfig) -> str:
     """A short hash of a size's settings (threads aside): a cached world built with other settings is rebuilt.
 
-    The demo's recipe (DEMO_DISTILL, DEMO_TRAINING) is left out: demo.yaml is rewritten on every reuse."""
+    The demo's recipe (DEMO_DISTILL, DEMO_EVALUATION, DEMO_TRAINING) is left out: demo.yaml is rewritten on every
+    reuse."""
     import hashlib
 
     settings = {k: v for k, v in vars(replace(cfg, threads=None)).items()}
@@ -488,6 +489,17 @@ DEMO_TRAINING: dict[str, Any] = {
     "log_interval": 20,
     "seed": 0,
 }
+# The benchmark's protocol: greedy dev Rouge-L after every epoch, the best epoch's checkpoint exported.
+DEMO_EVALUATION: dict[str, Any] = {
+    "interval": "epoch",
+    "select_best": True,
+    "do_sample": False,
+    "seeds": [0],
+    "max_new_tokens": 64,
+    "max_prompt_tokens": 64,
+    "no_repeat_ngram_size": 6,
+    "batch_size": 64,
+}
 
 
 def _write_demo_spec(world: ToyWorld, size: str) -> None:
@@ -499,6 +511,7 @@ def _write_demo_spec(world: ToyWorld, size: str) -> None:
         "student": {"name_or_path": "student"},
         "data": {"path": "train.jsonl", "dev_path": "dev.jsonl", "prompt_template": PROMPT_TEMPLATE},
         "distill": dict(DEMO_DISTILL),
+        "evaluation": dict(DEMO_EVALUATION),
         "training": dict(DEMO_TRAINING),
     }
     JobSpec.model_validate(spec)  # fail the build, not the demo, if the spec and the schema disagree
