@@ -145,6 +145,7 @@ ABLATION_ROWS: list[Row] = [
     Row("dskd_eta_tau2", "dskd_eta", "cross_student", {"distill.divergence": "fkl", "distill.temperature": 2.0}),
     # around the best dev recipe (DSKD v1, τ = 2 × τ²): its KD weight and length, and the same recipe for vanilla
     # KD's weight and for the cross student's ETA and its strongest baseline (ULD)
+    Row("dskd_v1_random_tau2_scaled_rate0.3", "dskd", "student", {**DSKD_V1, **TAU2_SCALED, "distill.kd_rate": 0.3}),
     Row("dskd_v1_random_tau2_scaled_rate0.8", "dskd", "student", {**DSKD_V1, **TAU2_SCALED, "distill.kd_rate": 0.8}),
     Row("dskd_v1_random_tau2_scaled_1.5x_epochs", "dskd", "student", {**DSKD_V1, **TAU2_SCALED}, epoch_scale=1.5),
     Row("vanilla_kd_fkl_tau2_scaled_rate0.8", "vanilla_kd", "student",
