@@ -61,6 +61,8 @@ def job_spec(
             "dev_max_examples": 200,
         },
         "distill": distill,
+        # The benchmark's protocol (demo.yaml): dev Rouge-L every epoch, the best epoch's checkpoint exported.
+        "evaluation": dict(demo.get("evaluation", {})),
         "training": training,
     }
     if distill["method"] == "sft":
