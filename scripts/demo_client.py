@@ -81,7 +81,9 @@ def show(event: Event) -> None:
             flush=True,
         )
     elif event.type == "eval":
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in payload.get("metrics", {}).items())
+        # Greedy decoding: the spread over decoding seeds (`*_std`) is always 0, left out.
+        metrics = {k: v for k, v in payload.get("metrics", {}).items() if not k.endswith("_std")}
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
         print(f"  eval @ step {payload.get('step')}: {scores}", flush=True)
     elif event.type == "status":
         error = payload.get("error")
@@ -118,8 +120,8 @@ def compare(models: dict[str, Path], world: Path, n: int, target: float = 0.8) -
     template = yaml.safe_load((world / "demo.yaml").read_text())["data"].get("prompt_template", "{prompt}")
     test = read_jsonl(world / "test.jsonl")
     # The sample's positions in the test split: each model decodes the split once and the sample is read from it.
-    picked = {id(r) for r in balanced_sample(test, n)}
-    sample_at = [i for i, r in enumerate(test) if id(r) in picked]
+    position = {id(r): i for i, r in enumerate(test)}
+    sample_at = [position[id(r)] for r in balanced_sample(test, n)]  # grouped by task
     rendered = [{**r, "prompt": template.format(prompt=r["prompt"])} for r in test]
     settings = EvalSpec(do_sample=False, max_new_tokens=48, no_repeat_ngram_size=0, batch_size=32)
     scores: dict[str, list[float]] = {}
