@@ -112,6 +112,12 @@ def compare(models: dict[str, Path], world: Path, n: int, target: float = 0.8) -
     first entry of `models`) on both. Returns the ratio on the sample (the demo's target).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # Quiet loading bars, and transformers' padding warning, which fires when a finished row of a batch is padded
+    # during greedy decoding (batched answers equal one-by-one ones: tests/core/test_evaluate.py).
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     from dskd_core.evaluate import evaluate_model
     from dskd_core.spec import EvalSpec
