@@ -22,6 +22,8 @@ FILES[losses]='"dskd_core/losses/*"'
 TESTS[losses]='"tests/core/test_losses.py", "tests/core/test_losses_edges.py"'
 FILES[reduce]='"dskd_core/reduce.py"'
 TESTS[reduce]='"tests/core/test_reduce.py", "tests/core/test_reduce_edges.py", "tests/core/test_losses.py"'
+FILES[fused]='"dskd_core/fused.py", "dskd_core/fused_terms.py"'
+TESTS[fused]='"tests/core/test_fused.py", "tests/core/test_fused_terms.py", "tests/core/test_distillers.py"'
 FILES[distillers]='"dskd_core/distillers/*"'
 TESTS[distillers]='"tests/core/test_distillers.py", "tests/core/test_cross_distillers.py"'
 FILES[alignment]='"dskd_core/alignment/*"'
@@ -32,7 +34,7 @@ FILES[services]='"api/services/artifacts.py", "api/services/datasets.py", "api/s
 TESTS[services]='"tests/api"'
 FILES[auth]='"api/auth.py", "api/services/keys.py"'
 TESTS[auth]='"tests/api"'
-ORDER=(losses reduce distillers alignment jobs services auth)
+ORDER=(losses reduce fused distillers alignment jobs services auth)
 
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
