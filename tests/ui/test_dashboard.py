@@ -1,27 +1,38 @@
 """The dashboard in a real browser: the list, a running job whose curve grows, cancel, a failed job's error panel,
-compare, a download, and /docs' Authorize button working offline. Screenshots: tests/artifacts/ui/*.png."""
+compare, a select_best job's summary and split charts, a download, and /docs' Authorize button working offline.
+Screenshots: tests/artifacts/ui/*.png."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from dskd_client import Client
 from tests.live_service import LiveService
-from tests.ui.conftest import shot
+from tests.ui.conftest import select_best_spec, shot
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
 
-def submit(live: LiveService, *, name: str, steps: int, wait: bool = True) -> str:
+def submit(
+    live: LiveService,
+    *,
+    name: str = "toy",
+    steps: int = 10,
+    wait: bool = True,
+    spec: Callable[[str], dict] | None = None,
+) -> str:
+    """A job on the first dataset: `live.spec(name, steps)`, or `spec(dataset_id)` when given."""
     with Client(live.url, live.key) as client:
         datasets = client.datasets.list()
         dataset = datasets[0] if datasets else client.datasets.upload(live.data_file)
-        job = client.jobs.create(live.spec(dataset.id, name=name, steps=steps))
+        job = client.jobs.create(spec(dataset.id) if spec else live.spec(dataset.id, name=name, steps=steps))
         if wait:
             client.jobs.wait(job.id, timeout=60)
         return job.id
@@ -29,6 +40,13 @@ def submit(live: LiveService, *, name: str, steps: int, wait: bool = True) -> st
 
 def points(page: Any, chart: str) -> int:
     return int(page.locator(f'[data-chart="{chart}"]').get_attribute("data-points"))
+
+
+def series(page: Any, chart: str) -> set[str]:
+    """The names of the series a chart draws, once it has drawn its first points."""
+    box = page.locator(f'[data-chart="{chart}"]')
+    expect(box).not_to_have_attribute("data-points", "0")
+    return set(json.loads(box.get_attribute("data-series") or "[]"))
 
 
 def test_list_filter_and_empty_states(page: Any, live: LiveService) -> None:
@@ -81,7 +99,8 @@ def test_running_job_curve_grows_then_cancel(page: Any, live: LiveService) -> No
         f"() => +document.querySelector('[data-chart=loss]').dataset.points >= {first + 4}", timeout=15_000
     )
     assert points(page, "loss") >= first + 4  # new points arrived through the event stream
-    expect(page.locator(".u-legend")).to_have_count(3)  # loss, learning rate and dev charts drawn by uPlot
+    # Loss, dev loss and learning rate drawn by uPlot; the script reports no accuracies, gradients or Rouge-L.
+    expect(page.locator(".u-legend")).to_have_count(3)
     expect(page.locator('[data-test="summary"]')).to_contain_text("/ 400")
     shot(page, "job-running")
 
@@ -134,6 +153,30 @@ def test_compare_overlays_runs(page: Any, live: LiveService) -> None:
     page.locator('[data-test="metric"]').select_option("eval:dev_ce")
     page.wait_for_function("() => +document.querySelector('[data-chart=compare]').dataset.points === 5")
     shot(page, "compare")
+
+
+def test_select_best_job_summary_and_split_charts(page: Any, live: LiveService, monkeypatch) -> None:
+    job_id = submit(live, spec=lambda dataset: select_best_spec(live, monkeypatch, dataset, "dskd demo"))
+    page.goto(f"/ui/#/jobs/{job_id}")
+    # The exported student is the best dev Rouge-L step (20), not the best dev CE one (30).
+    best = page.locator('[data-test="best-dev"]')
+    expect(best.locator(".k")).to_have_text("Best dev Rouge-L")
+    expect(best.locator(".v")).to_have_text("85.18 @ step 20")
+    expect(page.locator('[data-test="exported"] .v')).to_have_text("step 20")
+    expect(page.locator('[data-test="final-metrics"]')).not_to_contain_text("_std")  # 0 under greedy decoding
+    # One scale per chart: loss terms apart from [0, 1] figures, gradient norms, dev CE and dev scores.
+    assert series(page, "loss") == {"loss", "ce", "kd", "kd_student_space", "kd_teacher_space", "ce_t2s"}
+    assert series(page, "fractions") == {"t2s_acc", "agreement", "s2t_acc"}
+    assert series(page, "other") == {"grad_norm", "grad_norm_clipped"}
+    assert series(page, "dev-loss") == {"dev_ce", "dev_loss", "teacher_dev_ce"}
+    assert series(page, "dev-generation") == {"dev_rougeL", "dev_exact_match"}
+    assert series(page, "lr") == {"lr"}
+    expect(page.locator(".u-legend")).to_have_count(6)
+    events = page.locator('[data-test="events"]')
+    exported = "student exported at step 30 (the weights of step 20, the best dev Rouge-L)"
+    expect(events).to_contain_text(exported)
+    expect(events).not_to_contain_text("_std")
+    shot(page, "job-select-best")
 
 
 def test_download_by_plain_link(page: Any, live: LiveService, tmp_path) -> None:

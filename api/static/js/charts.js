@@ -1,5 +1,6 @@
 // Line charts by step on uPlot (vendored: vendor/uplot, see vendor/README.md). A chart holds named series of
 // (step, value) points, aligns them on the union of their steps and redraws at most once per animation frame.
+// The container's data-points (longest series) and data-series (a JSON list of names) say what is drawn.
 
 export const PALETTE = ["#2f5fd0", "#d0542f", "#17803d", "#8a3fd1", "#c29100", "#0f8b8d", "#b3261e", "#5f6b7a"];
 
@@ -24,6 +25,7 @@ export class StepChart {
     this.placeholder.textContent = emptyText;
     container.replaceChildren(this.placeholder);
     container.dataset.points = "0";
+    container.dataset.series = "[]";
     this.onResize = () => this.plot && this.plot.setSize(this.size());
     window.addEventListener("resize", this.onResize);
   }
@@ -76,6 +78,7 @@ export class StepChart {
   draw() {
     const { names, data } = this.aligned();
     this.container.dataset.points = String(this.pointCount());
+    this.container.dataset.series = JSON.stringify(names);
     if (data[0].length === 0) return;
     const key = names.join("\u0000");
     if (this.plot && key === this.plotNames) {

@@ -3,21 +3,31 @@
 import { api, followEvents } from "./api.js";
 import { StepChart } from "./charts.js";
 import { badge, bytes, duration, el, jobDuration, num, progressBar, when, TERMINAL } from "./format.js";
+import { evalChart, selection, trainChart, withoutZeroSpread } from "./metrics.js";
 
-// Training metrics that are not parts of the loss: lr has its own chart, the rest are shown as figures.
-const NOT_LOSS = new Set(["lr", "grad_norm", "tokens_per_s", "elapsed_s", "on_policy", "epoch"]);
 const MAX_LOG_LINES = 300;
+
+// The curves, one chart per scale: [data-chart name, card title, text before the first point, height].
+const CHARTS = [
+  ["loss", "Training loss", "waiting for the first training step"],
+  ["dev-loss", "Dev loss", "no evaluation yet (training.eval_interval)"],
+  ["dev-generation", "Dev Rouge-L and exact match", "no generation-based evaluation yet (evaluation.interval)"],
+  ["fractions", "Accuracy, agreement and ratios", "no accuracy or agreement figures yet"],
+  ["other", "Gradient norm and other figures", "no gradient norms yet (training.max_grad_norm)"],
+  ["lr", "Learning rate", "waiting for the first training step", 180],
+];
 
 export async function renderJob(view, jobId, ctx, showError) {
   let job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`, { signal: ctx.signal });
-  const state = { lastCheckpoint: null, best: null, finalMetrics: null, throughput: null };
+  const select = selection(job.spec);
+  // best: lowest dev CE; bestScore: highest dev score of the selection metric; spread: its *_std by step.
+  const state = { lastCheckpoint: null, best: null, bestScore: null, spread: new Map(), finalMetrics: null,
+    throughput: null };
 
   const title = el("div", { class: "title-row" });
   const errorPanel = el("section", { class: "card error-panel", "data-test": "error-panel", hidden: true });
   const summary = el("div", { class: "summary", "data-test": "summary" });
-  const lossBox = el("div", { class: "chart", "data-chart": "loss" });
-  const lrBox = el("div", { class: "chart", "data-chart": "lr" });
-  const evalBox = el("div", { class: "chart", "data-chart": "eval" });
+  const boxes = CHARTS.map(([name]) => el("div", { class: "chart", "data-chart": name }));
   const artifactsBox = el("div", { "data-test": "artifacts" }, el("p", { class: "sub" }, "loading…"));
   const log = el("div", { class: "events mono", "data-test": "events" });
   view.replaceChildren(
@@ -25,25 +35,22 @@ export async function renderJob(view, jobId, ctx, showError) {
     title,
     errorPanel,
     el("section", { class: "card" }, el("h2", {}, "Summary"), summary),
-    el("div", { class: "grid" },
-      el("section", { class: "card" }, el("h2", {}, "Training loss"), lossBox),
-      el("section", { class: "card" }, el("h2", {}, "Dev metrics"), evalBox),
-      el("section", { class: "card" }, el("h2", {}, "Learning rate"), lrBox)),
+    el("div", { class: "grid charts" },
+      CHARTS.map(([, heading], i) => el("section", { class: "card" }, el("h2", {}, heading), boxes[i]))),
     el("section", { class: "card" }, el("h2", {}, "Artifacts"), artifactsBox),
     el("div", { class: "grid" },
       el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", { class: "spec", "data-test": "spec" },
         JSON.stringify(job.spec, null, 2))),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)));
 
-  const lossChart = new StepChart(lossBox, { emptyText: "waiting for the first training step" });
-  const lrChart = new StepChart(lrBox, { height: 180, emptyText: "waiting for the first training step" });
-  const evalChart = new StepChart(evalBox, { emptyText: "no evaluation yet (training.eval_interval)" });
-  ctx.onLeave(() => [lossChart, lrChart, evalChart].forEach((c) => c.destroy()));
+  // Without evaluation.interval no Rouge-L ever comes: the chart says it is off rather than "not yet".
+  const off = { "dev-generation": select ? null : "off: evaluation.interval is not set" };
+  const charts = new Map(CHARTS.map(([name, , emptyText, height], i) =>
+    [name, new StepChart(boxes[i], { emptyText: off[name] || emptyText, height })]));
+  ctx.onLeave(() => charts.forEach((c) => c.destroy()));
 
   function chartFor(kind, name) {
-    if (kind === "eval") return evalChart;
-    if (name === "lr") return lrChart;
-    return NOT_LOSS.has(name) ? null : lossChart;
+    return charts.get(kind === "eval" ? evalChart(name) : trainChart(name)) || null;
   }
 
   function renderTitle() {
@@ -55,15 +62,36 @@ export async function renderJob(view, jobId, ctx, showError) {
       el("span", { class: "sub mono" }, job.id), cancel);
   }
 
-  function item(label, ...value) {
-    return el("div", {}, el("div", { class: "k" }, label), el("div", { class: "v" }, ...value));
+  function item(label, value, test) {
+    return el("div", { "data-test": test }, el("div", { class: "k" }, label), el("div", { class: "v" }, value));
+  }
+
+  // The best dev figure: the selection score (highest) when the job exports its best step, else dev CE (lowest).
+  function bestItem() {
+    if (!select || !select.selectBest) {
+      return item("Best dev CE", state.best ? `${num(state.best.value)} @ step ${state.best.step}` : "–", "best-dev");
+    }
+    const best = state.bestScore;
+    const spread = best && state.spread.get(best.step);
+    return item(`Best ${select.label}`,
+      best ? `${num(best.value)}${spread ? ` ± ${num(spread)}` : ""} @ step ${best.step}` : "–", "best-dev");
+  }
+
+  // With generation-based dev evaluation the export names the step whose weights it carries (exported_step).
+  function exportedItem(final) {
+    if (!select) return null;
+    const step = final && final.exported_step;
+    if (typeof step === "number") return item("Exported weights", `step ${step}`, "exported");
+    const pending = TERMINAL.includes(job.status) ? "–"
+      : el("span", { class: "sub" }, select.selectBest ? `the best ${select.label} step` : "the last step");
+    return item("Exported weights", pending, "exported");
   }
 
   function renderSummary() {
     const p = job.progress;
     const running = !TERMINAL.includes(job.status);
     const final = state.finalMetrics || (job.status === "succeeded" ? p.metrics : null);
-    summary.replaceChildren(
+    const items = [
       item("Status", badge(job.status)),
       item("Attempt", `${job.attempt} of ${job.max_attempts}`),
       item("Step", p.total_steps ? [`${p.step || 0} / ${p.total_steps} `, progressBar(p.step, p.total_steps)] : "–"),
@@ -72,15 +100,18 @@ export async function renderJob(view, jobId, ctx, showError) {
       item("Throughput", state.throughput ? `${num(state.throughput, 3)} tokens/s` : "–"),
       item("Method", `${(job.spec.distill || {}).method || "–"}`),
       item("Last checkpoint", state.lastCheckpoint != null ? `step ${state.lastCheckpoint}` : "–"),
-      item("Best dev CE", state.best ? `${num(state.best.value)} @ step ${state.best.step}` : "–"),
+      bestItem(),
+      exportedItem(final),
       item("Created", when(job.created_at)),
       item("Finished", when(job.finished_at)),
       el("div", { style: "grid-column: 1 / -1", "data-test": "final-metrics" },
         el("div", { class: "k" }, "Final metrics"),
         el("div", { class: "v" }, final && Object.keys(final).length
-          ? Object.entries(final).filter(([, v]) => typeof v === "number")
+          ? Object.entries(withoutZeroSpread(final)).filter(([, v]) => typeof v === "number")
             .map(([k, v]) => `${k} ${num(v)}`).join(" · ")
-          : "–")));
+          : "–")),
+    ];
+    summary.replaceChildren(...items.filter(Boolean));
   }
 
   function renderError() {
@@ -118,13 +149,18 @@ export async function renderJob(view, jobId, ctx, showError) {
       const m = Object.entries(p.metrics || {}).filter(([k]) => k !== "elapsed_s").map(([k, v]) => `${k} ${num(v)}`);
       text = `step ${p.step}/${p.total_steps}  ${m.join("  ")}`;
     } else if (event.type === "eval") {
-      text = `eval @ step ${p.step}: ` + Object.entries(p.metrics || {}).map(([k, v]) => `${k} ${num(v)}`).join(", ");
+      text = `eval @ step ${p.step}: ` +
+        Object.entries(withoutZeroSpread(p.metrics)).map(([k, v]) => `${k} ${num(v)}`).join(", ");
     } else if (event.type === "status") {
       text = `status → ${p.status}` + (p.error ? ` [${p.error.code}] ${p.error.message}` : "");
     } else if (event.type === "artifact") {
       text = `artifacts: ${(p.artifacts || []).join(", ")}`;
     } else {
       text = p.message || JSON.stringify(p);
+      const exported = (p.metrics || {}).exported_step;
+      if (typeof exported === "number" && exported !== p.step) {
+        text += ` (the weights of step ${exported}${select && select.selectBest ? `, the best ${select.label}` : ""})`;
+      }
     }
     const line = el("div", { "data-type": event.type },
       el("span", { class: "t" }, new Date(event.created_at).toLocaleTimeString()), `${event.type}  ${text}`);
@@ -137,6 +173,14 @@ export async function renderJob(view, jobId, ctx, showError) {
   function noteEval(step, metrics) {
     const dev = metrics.dev_ce;
     if (typeof dev === "number" && (!state.best || dev < state.best.value)) state.best = { step, value: dev };
+    if (!select) return;
+    const score = metrics[select.key];
+    // Strictly higher: ties keep the earlier step, as the engine's selection does.
+    if (typeof score === "number" && (!state.bestScore || score > state.bestScore.value)) {
+      state.bestScore = { step, value: score };
+    }
+    const spread = metrics[`${select.key}_std`];
+    if (typeof spread === "number" && spread !== 0) state.spread.set(step, spread);
   }
 
   async function refreshJob() {
@@ -160,7 +204,10 @@ export async function renderJob(view, jobId, ctx, showError) {
         elapsed_seconds: p.elapsed_seconds };
       renderSummary();
     } else if (event.type === "eval") {
-      for (const [name, value] of Object.entries(p.metrics || {})) evalChart.append(name, p.step, value);
+      for (const [name, value] of Object.entries(p.metrics || {})) {
+        const chart = chartFor("eval", name);
+        if (chart) chart.append(name, p.step, value);
+      }
       noteEval(p.step, p.metrics || {});
       renderSummary();
     } else if (event.type === "checkpoint") {
