@@ -179,6 +179,27 @@ def test_select_best_job_summary_and_split_charts(page: Any, live: LiveService, 
     shot(page, "job-select-best")
 
 
+def test_compare_shows_best_dev_rouge(page: Any, live: LiveService, monkeypatch) -> None:
+    best_run = submit(live, spec=lambda dataset: select_best_spec(live, monkeypatch, dataset, "dskd"))
+    plain = submit(live, name="vanilla kd", steps=30)
+    page.goto(f"/ui/#/compare?ids={best_run},{plain}")
+    expect(page.locator('[data-test="metric"]')).to_have_value("eval:dev_rougeL")
+    expect(page.locator('[data-test="metric"] option[value$="_std"]')).to_have_count(0)
+    page.wait_for_function("() => +document.querySelector('[data-chart=compare]').dataset.points === 3")
+    header = page.locator('[data-test="compare-table"] thead')
+    expect(header).to_contain_text("dev Rouge-L")
+    expect(header).to_contain_text("best @ step")
+    row = page.locator(f'[data-test="compare-table"] tr[data-job="{best_run}"]')
+    # The best dev Rouge-L and its step, not the last evaluation's 85.01.
+    expect(row.locator('[data-metric="dev_rougeL"]')).to_have_text("85.18 @ 20")
+    expect(row.locator('[data-metric="dev_exact_match"]')).to_have_text("71 @ 20")
+    expect(row.locator('[data-metric="exported_step"]')).to_have_text("20 best")
+    other = page.locator(f'[data-test="compare-table"] tr[data-job="{plain}"]')
+    expect(other.locator('[data-metric="dev_rougeL"]')).to_have_text("–")
+    expect(other.locator('[data-metric="exported_step"]')).to_have_text("30 last")
+    shot(page, "compare-select-best")
+
+
 def test_download_by_plain_link(page: Any, live: LiveService, tmp_path) -> None:
     job_id = submit(live, name="export me", steps=5)
     page.goto(f"/ui/#/jobs/{job_id}")

@@ -1,10 +1,17 @@
-// Compare runs: several jobs' curves of one metric overlaid by step, and their final figures side by side.
+// Compare runs: several jobs' curves of one metric overlaid by step, and their figures side by side.
 
 import { api } from "./api.js";
 import { PALETTE, StepChart } from "./charts.js";
 import { badge, duration, el, jobDuration, num } from "./format.js";
+import { bestScore, selection } from "./metrics.js";
 
-const FIGURES = ["loss", "ce", "kd", "dev_ce", "teacher_dev_ce", "rougeL", "exact_match"];
+// Figures read at their last value: [series kind, metric name, column header, what the value is].
+const LAST = [
+  ["train", "loss", "loss", "last"], ["train", "ce", "CE", "last"], ["train", "kd", "KD", "last"],
+  ["eval", "dev_ce", "dev CE", "last eval"], ["eval", "teacher_dev_ce", "teacher dev CE", "the teacher's"],
+];
+// Generation-based dev scores, read at their best evaluation: the step a select_best job exports.
+const BEST = [["dev_rougeL", "dev Rouge-L"], ["dev_exact_match", "dev exact match"]];
 
 export async function renderCompare(view, params, ctx) {
   const ids = (params.get("ids") || "").split(",").filter(Boolean).slice(0, 8);
@@ -18,22 +25,28 @@ export async function renderCompare(view, params, ctx) {
       api(`/v1/jobs/${id}`, { signal: ctx.signal }),
       api(`/v1/jobs/${id}/metrics`, { signal: ctx.signal, query: { max_points: 1000 } }),
     ]);
-    return { job, history, label: `${job.name || id.slice(0, 8)} (${id.slice(0, 6)})` };
+    const exported = job.status === "succeeded" ? await exportedMetrics(id, history.last_seq, ctx.signal) : null;
+    return { job, history, exported, label: `${job.name || id.slice(0, 8)} (${id.slice(0, 6)})` };
   }));
 
-  const metricNames = [...new Set(runs.flatMap((r) => r.history.series.map((s) => `${s.kind}:${s.name}`)))]
+  // Every metric but clocks and the *_std spreads that are 0 in every run (greedy decoding has no spread).
+  const metricNames = [...new Set(runs.flatMap((r) => r.history.series
+    .filter((s) => !(s.name.endsWith("_std") && s.values.every((v) => v === 0)))
+    .map((s) => `${s.kind}:${s.name}`)))]
     .filter((key) => !/:(elapsed_s|tokens_per_s|epoch)$/.test(key)).sort();
-  const preferred = params.get("metric") || (metricNames.includes("train:loss") ? "train:loss" : metricNames[0]);
+  const preferred = params.get("metric")
+    || ["eval:dev_rougeL", "train:loss"].find((key) => metricNames.includes(key)) || metricNames[0];
   const select = el("select", { "data-test": "metric", onchange: (e) => draw(e.target.value) },
     metricNames.map((key) => el("option", { value: key, selected: key === preferred }, key.replace(":", " · "))));
   const chartBox = el("div", { class: "chart", "data-chart": "compare" });
   const table = el("table", { "data-test": "compare-table" });
+  const note = el("p", { class: "sub" });
   view.replaceChildren(
     el("p", {}, el("a", { href: "#/" }, "← All jobs")),
     el("h1", {}, `Compare ${runs.length} runs`),
     el("section", { class: "card" }, el("div", { class: "toolbar" }, el("h2", {}, "Curves"),
       el("span", { class: "spacer" }), el("label", {}, "metric ", select)), chartBox),
-    el("section", { class: "card" }, el("h2", {}, "Final figures"), table));
+    el("section", { class: "card" }, el("h2", {}, "Final figures"), note, table));
 
   const chart = new StepChart(chartBox, { height: 320, emptyText: "no points for this metric" });
   ctx.onLeave(() => chart.destroy());
@@ -50,16 +63,36 @@ export async function renderCompare(view, params, ctx) {
   }
   draw(preferred);
 
-  // Final figures: the last value of each series (the run's final evaluation for dev metrics).
+  const series = (run, kind, name) => run.history.series.find((x) => x.kind === kind && x.name === name);
   const last = (run, kind, name) => {
-    const s = run.history.series.find((x) => x.kind === kind && x.name === name);
+    const s = series(run, kind, name);
     return s && s.values.length ? s.values[s.values.length - 1] : null;
   };
-  const shown = FIGURES.filter((f) => runs.some((r) => last(r, "train", f) != null || last(r, "eval", f) != null));
+  const best = (run, name) => {
+    const s = series(run, "eval", name);
+    return s ? bestScore(s.steps, s.values) : null;
+  };
+  // The step of the exported weights: exported_step when the run evaluated by generation, else its last step.
+  const exportedStep = (run) => {
+    if (!run.exported) return null;
+    const step = run.exported.exported_step;
+    return typeof step === "number" ? step : run.job.progress.step;
+  };
+  const lastShown = LAST.filter(([kind, name]) => runs.some((r) => last(r, kind, name) != null));
+  const bestShown = BEST.filter(([name]) => runs.some((r) => best(r, name)));
+  note.replaceChildren("Training figures and dev CE: the last value logged. ",
+    bestShown.length ? "Dev Rouge-L and exact match: the best evaluation, with its step. " : "",
+    "Exported: the step whose weights the student carries (the best ", el("code", {}, "evaluation.metric"),
+    " step when ", el("code", {}, "evaluation.select_best"), " is on, else the last).");
+  const header = (label, what, title) =>
+    el("th", { class: "num", title }, label, el("br"), el("span", { class: "qual" }, what));
   table.replaceChildren(
     el("thead", {}, el("tr", {}, el("th", {}, "Run"), el("th", {}, "Method"), el("th", {}, "Student"),
       el("th", {}, "Status"), el("th", { class: "num" }, "Steps"), el("th", { class: "num" }, "Duration"),
-      shown.map((f) => el("th", { class: "num" }, f)))),
+      lastShown.map(([, name, label, what]) => header(label, what, `${name}: the last value the run reported`)),
+      bestShown.map(([name, label]) => header(label, "best @ step",
+        `${name}: the highest value over the run's evaluations (ties keep the earlier step)`)),
+      header("Exported", "step", "the step whose weights the exported student carries"))),
     el("tbody", {}, runs.map((run, i) => el("tr", { "data-job": run.job.id },
       el("td", {}, el("span", { style: `color:${PALETTE[i % PALETTE.length]}` }, "■ "),
         el("a", { href: `#/jobs/${run.job.id}` }, run.label)),
@@ -68,6 +101,32 @@ export async function renderCompare(view, params, ctx) {
       el("td", {}, badge(run.job.status)),
       el("td", { class: "num" }, `${run.job.progress.step || 0}/${run.job.progress.total_steps || "?"}`),
       el("td", { class: "num" }, duration(jobDuration(run.job))),
-      shown.map((f) => el("td", { class: "num", "data-metric": f },
-        num(last(run, f.includes("dev") || f === "rougeL" || f === "exact_match" ? "eval" : "train", f))))))));
+      lastShown.map(([kind, name]) => el("td", { class: "num", "data-metric": name }, num(last(run, kind, name)))),
+      bestShown.map(([name]) => bestCell(run, name, best(run, name))),
+      el("td", { class: "num", "data-metric": "exported_step" }, exportedCell(run, exportedStep(run)))))));
+}
+
+function bestCell(run, name, best) {
+  if (!best) return el("td", { class: "num", "data-metric": name }, "–");
+  const select = selection(run.job.spec);
+  const selects = select && select.selectBest && select.key === name;
+  return el("td", { class: "num", "data-metric": name, "data-step": best.step,
+    title: selects ? "the run's selection metric: its exported student has this score" : null },
+  selects ? el("strong", {}, num(best.value)) : num(best.value), el("span", { class: "sub" }, ` @ ${best.step}`));
+}
+
+function exportedCell(run, step) {
+  if (step == null) return "–";
+  const select = selection(run.job.spec);
+  const best = run.exported.exported_step != null && select && select.selectBest;
+  return el("span", { title: best ? `the best ${select.label} step` : "the last step" },
+    String(step), el("span", { class: "sub" }, best ? " best" : " last"));
+}
+
+// The final metrics a succeeded run's export carries (its `artifact` event, among the last few).
+async function exportedMetrics(jobId, lastSeq, signal) {
+  const page = await api(`/v1/jobs/${jobId}/events`,
+    { signal, query: { after_seq: Math.max(0, lastSeq - 20), limit: 20 } });
+  const artifact = page.items.filter((event) => event.type === "artifact").pop();
+  return artifact ? artifact.payload.metrics || {} : null;
 }
