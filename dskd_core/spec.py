@@ -295,9 +295,10 @@ class DistillSpec(_Strict):
     )
     temperature_scaling: Literal["none", "tau2"] = Field(
         "none",
-        description="'tau2' multiplies the KD term by τ² (the published DSKD code does not). On the toy world's "
-        "dev split, DSKD v1 (projector_init 'random', dskd_variant 'v1') at τ = 2 with 'tau2' was the best recipe "
-        "by 8 Rouge-L (docs/results.md); v2 did better without it.",
+        description="'tau2' multiplies the KD term by τ² (the published DSKD code does not). Choose it on dev: on "
+        "the fast toy world DSKD v1 (projector_init 'random', dskd_variant 'v1') at τ = 2 with 'tau2' was the best "
+        "recipe by 8 dev Rouge-L, on the full toy world (a larger student) the worst, where v2 at τ = 1 without "
+        "it won (docs/results.md).",
     )
     projector_init: Literal["ideal", "random"] = Field(
         "ideal",
