@@ -214,3 +214,50 @@ def test_fused_sum_holds_the_chunk_logits_in_budget_sized_buffers(monkeypatch):
     fused_sum(_ce_kd(), [Head(h_s, w_s), Head(h_t, w_t)], y, mask, weights=[1, 1, 0], chunk_rows=rows)
     assert sum(shape.numel() for shape in set(seen)) <= budget
     assert len(seen) == 2 * -(-N // rows)  # every chunk used the two buffers
+
+
+class _Recorder(fused.BlockLoss):
+    """Sums of the logits, recording each block's row count and which heads it was asked a gradient for."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.wants: list[list[bool]] = []
+
+    def __call__(self, logits, extras, wants, weights):
+        self.rows.append(logits[0].shape[0])
+        self.wants.append(list(wants))
+        sums = torch.stack([z.sum() for z in logits])
+        for z, w in zip(logits, wants, strict=True):
+            if w:
+                z.fill_(1.0)  # ∂(Σ z)/∂z
+        return sums
+
+
+def test_default_blocks_hold_the_most_rows_whose_logits_fit_the_block_budget(monkeypatch):
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 1000)
+    g = torch.Generator().manual_seed(0)
+    heads = [Head(torch.randn(50, 4, generator=g), torch.randn(V, 4, generator=g)) for _ in range(3)]
+    record = _Recorder()
+    fused_sum(record, heads, weights=[1.0, 1.0, 1.0], chunk_rows=50)
+    width = 3 * V  # all heads' logits of one row (not the hidden width)
+    assert max(record.rows) == 1000 // width and sum(record.rows) == 50
+    # One row's logits over the budget: blocks of one row, not more.
+    monkeypatch.setattr(fused, "BLOCK_ELEMENTS", 2 * V - 1)
+    record = _Recorder()
+    fused_sum(record, heads[:2], weights=[1.0, 1.0], chunk_rows=50)
+    assert set(record.rows) == {1}
+
+
+def test_no_gradient_work_without_autograd_or_for_frozen_heads():
+    h_s, w_s, h_t, w_t, _, _ = _inputs()
+    heads = [Head(h_s, w_s), Head(h_t, w_t)]  # the teacher head and its hidden states are constants
+    record = _Recorder()
+    loss, _ = fused_sum(record, heads, weights=[1.0, 1.0], chunk_rows=8)
+    assert record.wants and all(w == [True, False] for w in record.wants)
+    g_h, g_w = torch.autograd.grad(loss, (h_s, w_s))
+    torch.testing.assert_close(g_h, torch.ones(N, V) @ w_s.detach())  # ∂Σz/∂h = 1·W
+    torch.testing.assert_close(g_w, torch.ones(V, N) @ h_s.detach())
+    record = _Recorder()
+    with torch.no_grad():
+        fused_sum(record, heads, weights=[1.0, 1.0], chunk_rows=8)
+    assert record.wants and all(w == [False, False] for w in record.wants)

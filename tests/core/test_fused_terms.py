@@ -204,3 +204,45 @@ def assert_same_on_both_paths(run, monkeypatch) -> None:
     assert len(grads) == len(want_grads) > 0
     for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def _skl_block(t: Terms, y: torch.Tensor, mask: torch.Tensor) -> None:
+    t.ce(0, head=0, target=y)
+    t.divergence(1, q=0, p=1, mask=mask)
+
+
+def test_the_autograd_path_passes_the_divergences_parameters():
+    """A skewed KL at skew_lambda 0.4 (not its default 0.1) equals the dense loss at 0.4."""
+    h_s, w_s, h_t, w_t, _, _, y, mask = _inputs()
+    w_t = w_t[:V]  # one vocabulary on both sides
+    block = TermsBlock(_skl_block, n_sums=2, divergence="skl", temperature=2.0, skew_lambda=0.4)
+    assert not block.analytic
+    loss, sums = fused_sum(block, [Head(h_s, w_s), Head(h_t, w_t)], y, mask, weights=[0.5, 1.5], chunk_rows=6)
+    z_s, z_t = h_s @ w_s.T, h_t @ w_t.T
+    kd = torch.where(mask, divergence("skl", z_s, z_t, temperature=2.0, skew_lambda=0.4), 0.0).sum()
+    want = torch.stack([F.cross_entropy(z_s, y, ignore_index=-100, reduction="sum"), kd])
+    torch.testing.assert_close(sums, want.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(
+        kd, torch.where(mask, divergence("skl", z_s, z_t, temperature=2.0), 0.0).sum(), rtol=1e-3
+    )  # the parameter matters on these inputs
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, h_s)[0],
+        torch.autograd.grad((want * torch.tensor([0.5, 1.5])).sum(), h_s)[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("analytic", [True, False])
+def test_a_block_reused_across_steps_uses_each_steps_weights(analytic):
+    """The distillers keep one TermsBlock for the whole run while the weights (token counts) change every step."""
+    inputs = _inputs()
+    h_s, w_s, h_t, w_t, t2s, s2t, y, mask = inputs
+    block = TermsBlock(_block, n_sums=5, divergence="fkl", temperature=2.0, analytic=analytic)
+    heads = _heads(h_s, w_s, h_t, w_t, t2s, s2t)
+    fused_sum(block, heads, y, mask, weights=[1.0, 1.0, 1.0, 1.0, 0.0], chunk_rows=7)
+    loss, _ = fused_sum(block, heads, y, mask, weights=WEIGHTS, chunk_rows=7)
+    want_loss, _, want_grads = _reference(inputs, 2.0)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(loss, (h_s, w_s, t2s, s2t)), want_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
