@@ -176,6 +176,15 @@ def test_bad_arguments_name_the_problem():
         fused_sum(_ce_kd(), heads, y, mask, weights=[1, 1, 0, 0], chunk_rows=4)
     with pytest.raises(ValueError, match="weight"):
         fused_sum(_ce_kd(), [Head(h_s, w_t)], y, mask, weights=[1, 1, 0], chunk_rows=4)
+    for bad in (True, 2.5, -3):
+        with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
+            fused_sum(_ce_kd(), heads, y, mask, weights=[1, 1, 0], chunk_rows=bad)
+        with pytest.raises(ValueError, match="block_rows must be a positive int"):
+            fused_sum(_ce_kd(), heads, y, mask, weights=[1, 1, 0], chunk_rows=4, block_rows=bad)
+    with pytest.raises(ValueError, match=r"hidden \[N, d\]"):  # a 3-D hidden state, its last dims right
+        fused_sum(
+            _ce_kd(), [Head(h_s[:, :, None], w_s), Head(h_t, w_t)], y, mask, weights=[1, 1, 0], chunk_rows=4
+        )
 
 
 # ---- the budget ---------------------------------------------------------------------------------------------------

@@ -246,3 +246,35 @@ def test_a_block_reused_across_steps_uses_each_steps_weights(analytic):
     torch.testing.assert_close(loss.double(), want_loss, rtol=1e-5, atol=1e-5)
     for got, want in zip(torch.autograd.grad(loss, (h_s, w_s, t2s, s2t)), want_grads, strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def _two_ces_in_one_slot(t: Terms, y: torch.Tensor) -> None:
+    t.ce(0, head=0, target=y)
+    t.ce(0, head=1, target=y)  # a second term added to the same slot
+
+
+def test_terms_added_to_one_slot_are_summed_and_the_default_temperature_is_one():
+    h_s, w_s, h_t, w_t, _, _, y, mask = _inputs()
+    w_t = w_t[:V]
+    heads = [Head(h_s, w_s), Head(h_t, w_t)]
+    z_s, z_t = h_s @ w_s.T, h_t @ w_t.T
+    for analytic in (True, False):
+        _, sums = fused_sum(
+            TermsBlock(_two_ces_in_one_slot, n_sums=1, analytic=analytic),
+            heads,
+            y,
+            weights=[1.0],
+            chunk_rows=6,
+        )
+        want = F.cross_entropy(z_s, y, reduction="sum") + F.cross_entropy(z_t, y, reduction="sum")
+        torch.testing.assert_close(sums[0], want.detach(), rtol=1e-5, atol=1e-4)
+        _, sums = fused_sum(
+            TermsBlock(_skl_block, n_sums=2, analytic=analytic),
+            heads,
+            y,
+            mask,
+            weights=[1.0, 1.0],
+            chunk_rows=6,
+        )
+        kd = torch.where(mask, divergence("fkl", z_s, z_t), 0.0).sum()  # fkl at τ = 1 by default
+        torch.testing.assert_close(sums[1], kd.detach(), rtol=1e-5, atol=1e-4)
