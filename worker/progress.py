@@ -99,8 +99,12 @@ class DbProgressSink:
         event_type = {"step": "progress", "started": "log", "exported": "log"}.get(event.type, event.type)
         if event.type == "started":
             payload["message"] = self._hide(event.message) if event.message else "training started"
+        # The job's progress snapshot: the newest figures, and at the end the exported weights' (with select_best,
+        # the best dev step's evaluation, not the last one's).
         snapshot = (
-            dict(payload, metrics=self.last_metrics) if event.type in ("step", "eval", "started") else None
+            dict(payload, metrics=self.last_metrics)
+            if event.type in ("step", "eval", "started", "exported")
+            else None
         )
         self._pending.append((event_type, payload, snapshot))
         self._drop_oldest_progress()

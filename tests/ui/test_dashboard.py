@@ -177,6 +177,10 @@ def test_select_best_job_summary_and_split_charts(page: Any, live: LiveService, 
     expect(events).to_contain_text(exported)
     expect(events).not_to_contain_text("_std")
     shot(page, "job-select-best")
+    # The list shows the exported weights' dev Rouge-L beside their dev CE.
+    page.goto("/ui/")
+    row = page.locator(f'tr[data-job="{job_id}"]')
+    expect(row.locator('[data-metric="dev_rougeL"]')).to_have_text("85.18")
 
 
 def test_compare_shows_best_dev_rouge(page: Any, live: LiveService, monkeypatch) -> None:

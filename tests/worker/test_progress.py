@@ -131,3 +131,17 @@ def job_service_get(s, job_id):
     from api.db.models import Job
 
     return s.get(Job, job_id)
+
+
+def test_the_job_snapshot_ends_with_the_exported_weights_metrics(sessions, make_job):
+    """With select_best the export carries the best dev step's scores: the job row shows those, not the last."""
+    job_id = make_job()
+    sink = DbProgressSink(job_id, sessions, min_interval=0.0)
+    sink.emit(ProgressEvent("eval", step=10, total_steps=20, metrics={"dev_rougeL": 85.2, "dev_ce": 0.9}))
+    sink.emit(ProgressEvent("eval", step=20, total_steps=20, metrics={"dev_rougeL": 80.1, "dev_ce": 0.7}))
+    assert get_job(sessions, job_id).progress["metrics"]["dev_rougeL"] == 80.1
+    exported = {"dev_rougeL": 85.2, "dev_ce": 0.9, "exported_step": 10.0}
+    sink.emit(ProgressEvent("exported", step=20, total_steps=20, metrics=exported, message="/srv/runs/x/export"))
+    sink.flush()
+    metrics = get_job(sessions, job_id).progress["metrics"]
+    assert {k: metrics[k] for k in exported} == exported

@@ -1,4 +1,5 @@
-// The job list: status filter, cursor pagination, progress, duration, final dev loss; select jobs to compare.
+// The job list: status filter, cursor pagination, progress, duration, final dev loss and dev Rouge-L; select jobs to
+// compare.
 
 import { api } from "./api.js";
 import { badge, duration, el, jobDuration, num, progressBar, when, TERMINAL } from "./format.js";
@@ -25,6 +26,7 @@ export async function renderJobs(view, params, ctx) {
   const table = el("table", {}, el("thead", {}, el("tr", {},
     el("th", {}, ""), el("th", {}, "Job"), el("th", {}, "Method"), el("th", {}, "Student"), el("th", {}, "Status"),
     el("th", {}, "Progress"), el("th", { class: "num" }, "Duration"), el("th", { class: "num" }, "Dev CE"),
+    el("th", { class: "num", title: "Greedy dev Rouge-L of the exported weights (evaluation.interval)" }, "Dev Rouge-L"),
     el("th", {}, "Created"))), body);
   const card = el("div", { class: "card" }, table, pager);
   view.replaceChildren(
@@ -51,6 +53,7 @@ export async function renderJobs(view, params, ctx) {
       el("td", {}, total ? [progressBar(step, total), el("span", { class: "sub" }, ` ${step || 0}/${total}${eta}`)] : "–"),
       el("td", { class: "num" }, duration(jobDuration(job))),
       el("td", { class: "num", "data-metric": "dev_ce" }, num((metrics || {}).dev_ce)),
+      el("td", { class: "num", "data-metric": "dev_rougeL" }, num((metrics || {}).dev_rougeL)),
       el("td", { class: "sub" }, when(job.created_at)));
   }
 
