@@ -141,7 +141,9 @@ def test_the_job_snapshot_ends_with_the_exported_weights_metrics(sessions, make_
     sink.emit(ProgressEvent("eval", step=20, total_steps=20, metrics={"dev_rougeL": 80.1, "dev_ce": 0.7}))
     assert get_job(sessions, job_id).progress["metrics"]["dev_rougeL"] == 80.1
     exported = {"dev_rougeL": 85.2, "dev_ce": 0.9, "exported_step": 10.0}
-    sink.emit(ProgressEvent("exported", step=20, total_steps=20, metrics=exported, message="/srv/runs/x/export"))
+    sink.emit(
+        ProgressEvent("exported", step=20, total_steps=20, metrics=exported, message="/srv/runs/x/export")
+    )
     sink.flush()
     metrics = get_job(sessions, job_id).progress["metrics"]
     assert {k: metrics[k] for k in exported} == exported
