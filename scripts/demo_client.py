@@ -153,19 +153,16 @@ def compare(models: dict[str, Path], world: Path, n: int, target: float = 0.8) -
         return m[student] / m[teacher] if m[teacher] > 0 else float("nan")
 
     on_sample, on_split = means(sample_at), means(list(range(len(test))))
+    print()
     for label, m in (
         (f"the {len(sample_at)} prompts above", on_sample),
         (f"all {len(test)} test prompts", on_split),
     ):
-        print(
-            f"\n== mean Rouge-L on {label} (greedy): "
-            + ", ".join(f"{name} {value:.1f}" for name, value in m.items())
-            + f"; {student}/teacher {ratio(m):.2f}×",
-            end="",
-        )
+        figures = ", ".join(f"{name} {value:.1f}" for name, value in m.items())
+        print(f"== mean Rouge-L on {label} (greedy): {figures}; {student}/teacher {ratio(m):.2f}×")
     verdict = "reaches" if ratio(on_sample) >= target else "does NOT reach"
     print(
-        f"\n== the {student} student scores {ratio(on_sample):.2f}× the teacher's Rouge-L on the sample: it {verdict}"
+        f"== the {student} student scores {ratio(on_sample):.2f}× the teacher's Rouge-L on the sample: it {verdict}"
         f" the demo's target of {target:.1f}×"
     )
     return ratio(on_sample)

@@ -25,7 +25,8 @@ export async function renderCompare(view, params, ctx) {
       api(`/v1/jobs/${id}`, { signal: ctx.signal }),
       api(`/v1/jobs/${id}/metrics`, { signal: ctx.signal, query: { max_points: 1000 } }),
     ]);
-    const exported = job.status === "succeeded" ? await exportedMetrics(id, history.last_seq, ctx.signal) : null;
+    // A succeeded job's progress snapshot holds its export's metrics (exported_step among them).
+    const exported = job.status === "succeeded" ? job.progress.metrics || {} : null;
     return { job, history, exported, label: `${job.name || id.slice(0, 8)} (${id.slice(0, 6)})` };
   }));
 
@@ -121,12 +122,4 @@ function exportedCell(run, step) {
   const best = run.exported.exported_step != null && select && select.selectBest;
   return el("span", { title: best ? `the best ${select.label} step` : "the last step" },
     String(step), el("span", { class: "sub" }, best ? " best" : " last"));
-}
-
-// The final metrics a succeeded run's export carries (its `artifact` event, among the last few).
-async function exportedMetrics(jobId, lastSeq, signal) {
-  const page = await api(`/v1/jobs/${jobId}/events`,
-    { signal, query: { after_seq: Math.max(0, lastSeq - 20), limit: 20 } });
-  const artifact = page.items.filter((event) => event.type === "artifact").pop();
-  return artifact ? artifact.payload.metrics || {} : null;
 }
